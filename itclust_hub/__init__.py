@@ -1,0 +1,16 @@
+"""itclust-hub: pretrained ItClust reference models for single-cell RNA-seq.
+
+>>> import itclust_hub as ih
+>>> model = ih.ItClust.from_pretrained("pancreas-human")
+>>> result = model.transfer(adata)
+>>> result.labels
+"""
+
+__version__ = "0.1.0"
+
+from ._errors import ItClustError
+from ._model import ItClust
+from ._result import TransferResult
+from ._train import train_reference
+
+__all__ = ["ItClust", "ItClustError", "TransferResult", "train_reference", "__version__"]

@@ -1,0 +1,129 @@
+"""The reference artifact on disk: ``model.safetensors`` + ``config.json`` + ``genes.json`` +
+``labels.json`` + ``README.md``. Written atomically, read without executing code, and checked on load
+(files present, checksums, format version, tensor names and shapes, gene and label counts)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ._errors import ItClustError
+from ._format import FORMAT_VERSION
+
+CHECKED_FILES = ("model.safetensors", "genes.json", "labels.json")
+REFERENCE_FILES = ("config.json", *CHECKED_FILES, "README.md")
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_reference(folder, config: dict, tensors: dict[str, torch.Tensor], genes: dict, labels: dict,
+                    card: str, force: bool = False) -> Path:
+    """Write a reference folder atomically; refuse to overwrite an existing one unless ``force``."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not force:
+        raise ItClustError(f"{folder} already exists and is not empty; pass force=True (--force) to overwrite")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, staging / "model.safetensors",
+                  metadata={"format": "pt"})
+        _write_json(staging / "genes.json", genes)
+        _write_json(staging / "labels.json", labels)
+        config = dict(config, files={name: sha256(staging / name) for name in CHECKED_FILES})
+        _write_json(staging / "config.json", config)
+        (staging / "README.md").write_text(card)
+        if folder.exists():
+            backup = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(folder, backup)
+            os.replace(staging, folder)
+            shutil.rmtree(backup)
+        else:
+            os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ItClustError(f"{path} is not valid JSON ({err.msg if hasattr(err, 'msg') else err}); re-download the reference") from None
+
+
+def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape that ``config['architecture']`` implies."""
+    arch = config["architecture"]
+    sizes = [arch["n_genes"], *arch["hidden_dims"]]
+    shapes = {}
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        shapes[f"encoder.layers.{i}.weight"] = (b, a)
+        shapes[f"encoder.layers.{i}.bias"] = (b,)
+    shapes["centroids"] = (arch["n_types"], sizes[-1])
+    shapes["type_profiles"] = (arch["n_types"], arch["n_genes"])
+    return shapes
+
+
+def read_reference(folder) -> tuple[dict, dict[str, torch.Tensor], dict, dict]:
+    """Load and validate a reference folder; returns ``(config, tensors, genes, labels)``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ItClustError(f"{folder} is not a reference folder; give a registry name, org/repo or a folder path")
+    missing = [name for name in REFERENCE_FILES[:-1] if not (folder / name).is_file()]
+    if missing:
+        raise ItClustError(f"{folder} lacks {', '.join(missing)}; re-download or re-save the reference")
+    config = _read_json(folder / "config.json")
+    version = config.get("format_version")
+    if not isinstance(version, int):
+        raise ItClustError(f"{folder / 'config.json'} has no integer format_version; the reference is damaged")
+    if version > FORMAT_VERSION:
+        raise ItClustError(
+            f"this reference needs format version {version} but this itclust-hub reads up to {FORMAT_VERSION}; "
+            "run pip install -U itclust-hub"
+        )
+    for name in CHECKED_FILES:
+        want = config.get("files", {}).get(name)
+        if want is None or sha256(folder / name) != want:
+            raise ItClustError(f"{folder / name} does not match its checksum in config.json (truncated or altered); re-download it")
+    try:
+        tensors = load_file(folder / "model.safetensors")
+    except (SafetensorError, OSError) as err:
+        raise ItClustError(f"{folder / 'model.safetensors'} cannot be read ({err}); re-download it") from None
+    try:
+        shapes = expected_shapes(config)
+    except (KeyError, TypeError):
+        raise ItClustError(f"{folder / 'config.json'} lacks a valid 'architecture'; the reference is damaged") from None
+    if set(tensors) != set(shapes):
+        raise ItClustError(f"{folder / 'model.safetensors'} holds tensors {sorted(tensors)}, expected {sorted(shapes)}")
+    for key, shape in shapes.items():
+        if tuple(tensors[key].shape) != shape:
+            raise ItClustError(f"tensor {key} has shape {tuple(tensors[key].shape)}, config says {shape}")
+    genes, labels = _read_json(folder / "genes.json"), _read_json(folder / "labels.json")
+    n_genes, n_types = config["architecture"]["n_genes"], config["architecture"]["n_types"]
+    if len(genes.get("symbols", [])) != n_genes:
+        raise ItClustError(f"genes.json lists {len(genes.get('symbols', []))} genes, config says {n_genes}")
+    if genes.get("ensembl_ids") is not None and len(genes["ensembl_ids"]) != n_genes:
+        raise ItClustError(f"genes.json lists {len(genes['ensembl_ids'])} Ensembl IDs, config says {n_genes}")
+    if len(labels.get("cell_types", [])) != n_types or len(labels.get("counts", [])) != n_types:
+        raise ItClustError(f"labels.json does not list {n_types} cell types with counts as config says")
+    return config, tensors, genes, labels

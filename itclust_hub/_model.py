@@ -1,0 +1,206 @@
+"""``ItClust``: a pretrained source network with its gene list, label map and preprocessing recipe;
+``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` and the target-side ``transfer``."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._artifact import read_reference, write_reference
+from ._card import render_card
+from ._errors import ItClustError
+from ._format import FORMAT_VERSION
+from ._network import Encoder
+from ._preprocess import Recipe
+from ._query import prepare_query
+from ._result import TransferResult, build_result
+from ._transfer import fine_tune
+
+
+def _library_versions() -> dict:
+    import anndata
+    import scanpy
+
+    from . import __version__
+
+    return {"itclust_hub": __version__, "torch": torch.__version__, "anndata": anndata.__version__,
+            "scanpy": scanpy.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+class ItClust:
+    """A reference: source encoder + centroids, genes, cell types and preprocessing recipe.
+
+    Build one with :func:`itclust_hub.train_reference` or load one with :meth:`from_pretrained`;
+    annotate a query with :meth:`transfer`.
+    """
+
+    def __init__(self, config: dict, tensors: dict[str, torch.Tensor], genes: dict, labels: dict, source=None):
+        self.config = config
+        self.recipe = Recipe.from_dict(config["preprocessing"])
+        self.genes: list[str] = list(genes["symbols"])
+        self.gene_ids: list[str | None] | None = genes.get("ensembl_ids")
+        self.cell_types: list[str] = list(labels["cell_types"])
+        self.type_counts: list[int] = list(labels["counts"])
+        self.encoder = Encoder(len(self.genes), config["architecture"]["hidden_dims"])
+        self.encoder.load_state_dict({k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")})
+        self.encoder.eval()
+        self.centroids = tensors["centroids"]
+        self.type_profiles = tensors["type_profiles"]
+        self.source = source or {}
+
+    @property
+    def name(self) -> str:
+        return self.config["name"]
+
+    @property
+    def organism(self) -> str:
+        return self.config["organism"]
+
+    def __repr__(self) -> str:
+        return (f"ItClust({self.name!r}, organism={self.organism!r}, tissue={self.config['tissue']!r}, "
+                f"{len(self.genes)} genes, {len(self.cell_types)} cell types)")
+
+    @classmethod
+    def from_parts(cls, *, name, organism, tissue, recipe: Recipe, hidden_dims, encoder: Encoder, centroids,
+                   type_profiles, genes, gene_ids, cell_types, type_counts, training, metadata) -> "ItClust":
+        """Assemble a reference from trained parts (used by training)."""
+        config = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "version": metadata.get("version", "1.0.0"),
+            "organism": organism,
+            "tissue": tissue,
+            "n_cells": int(sum(type_counts)),
+            "architecture": {"n_genes": len(genes), "hidden_dims": list(hidden_dims),
+                             "n_types": len(cell_types), "alpha": 1.0},
+            "preprocessing": recipe.to_dict(),
+            "training": training,
+            "library_versions": _library_versions(),
+            "metadata": {k: v for k, v in metadata.items() if k != "version"},
+        }
+        tensors = {f"encoder.{k}": v.detach().clone() for k, v in encoder.state_dict().items()}
+        tensors.update(centroids=centroids.detach().clone(), type_profiles=type_profiles.detach().clone())
+        return cls(config, tensors, {"symbols": genes, "ensembl_ids": gene_ids},
+                   {"cell_types": cell_types, "counts": type_counts})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The weights as they are stored in ``model.safetensors``."""
+        out = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+        out.update(centroids=self.centroids, type_profiles=self.type_profiles)
+        return out
+
+    def save_pretrained(self, folder, *, force: bool = False, card: str | None = None) -> Path:
+        """Write the reference folder (safetensors + JSON + model card) atomically.
+
+        Refuses to overwrite a non-empty folder unless ``force``; ``card`` replaces the default card.
+        """
+        return write_reference(
+            folder, self.config, self.tensors(),
+            {"symbols": self.genes, "ensembl_ids": self.gene_ids},
+            {"cell_types": self.cell_types, "counts": self.type_counts},
+            card if card is not None else render_card(self.config, self.cell_types, self.type_counts),
+            force=force,
+        )
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, revision: str | None = None, *, cache_dir=None,
+                        local_files_only: bool = False, token=None) -> "ItClust":
+        """Load a reference by registry name (``"pancreas-human"``, ``"name@rev"``), Hub repo id
+        (``"org/repo[@rev]"``), URL of a file server folder, or local folder.
+
+        Downloads go through ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``, ``local_files_only``);
+        the files are verified before loading and nothing is executed.
+        """
+        from ._hub import resolve_reference
+
+        resolved = resolve_reference(str(name_or_path), revision=revision, cache_dir=cache_dir,
+                                     local_files_only=local_files_only, token=token)
+        config, tensors, genes, labels = read_reference(resolved.path)
+        return cls(config, tensors, genes, labels, source={
+            "source": resolved.source, "repo_id": resolved.repo_id, "revision": resolved.revision,
+            "path": str(resolved.path)})
+
+    def push_to_hub(self, repo_id: str, *, token=None, folder=None, **kwargs):
+        """Save to ``folder`` (a temporary one by default) and upload with ``huggingface_hub``."""
+        import tempfile
+
+        from ._hub import push_reference
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.save_pretrained(Path(folder or tmp) / self.name, force=folder is None)
+            return push_reference(path, repo_id, token=token, **kwargs)
+
+    def transfer(
+        self,
+        adata,
+        *,
+        gene_key: str | None = None,
+        layer: str | None = None,
+        use_raw: bool = False,
+        input_type: str = "auto",
+        query_organism: str | None = None,
+        orthologs=None,
+        min_overlap: float = 0.05,
+        tol: float = 0.005,
+        max_iter: int = 30,
+        epochs_per_iter: int = 1,
+        batch_size: int = 256,
+        lr: float = 0.01,
+        min_confidence: float = 0.5,
+        min_similarity: float = 0.3,
+        seed: int = 0,
+        device: str = "cpu",
+        progress: bool | None = None,
+    ) -> TransferResult:
+        """Annotate ``adata`` by ItClust's target-side iterative fine-tuning; ``adata`` is not modified.
+
+        Parameters
+        ----------
+        adata
+            Query cells (in memory or backed). Raw counts, log-normalised values or TPM.
+        gene_key
+            ``var`` column with gene symbols or Ensembl IDs (default: the best of ``var_names`` and
+            every text column).
+        layer, use_raw
+            Take the expression values from ``adata.layers[layer]`` or ``adata.raw``.
+        input_type
+            ``"auto"`` (detect), ``"counts"``, ``"lognorm"`` or ``"tpm"``; what was assumed is in
+            ``result.provenance``.
+        query_organism, orthologs
+            Organism of the query when it differs from the reference's; genes are mapped through the
+            bundled one-to-one human/mouse table or ``orthologs`` (DataFrame or CSV, a column per organism).
+        min_overlap
+            Least share of reference genes the query must measure.
+        tol, max_iter, epochs_per_iter, batch_size, lr
+            Self-training stops when fewer than ``tol`` of labels change between iterations, or after
+            ``max_iter`` iterations of ``epochs_per_iter`` epochs.
+        min_confidence, min_similarity
+            A cluster is novel ("Unassigned") when its ItClust confidence is below ``min_confidence`` or
+            the correlation of its mean expression with its reference type is below ``min_similarity``.
+        seed, device, progress
+            Determinism, torch device, and the progress bar (default: only on a terminal).
+        """
+        if max_iter < 1:
+            raise ItClustError(f"max_iter must be at least 1, not {max_iter}")
+        prepared = prepare_query(
+            adata, genes=self.genes, gene_ids=self.gene_ids, organism=self.organism, recipe=self.recipe,
+            input_type=input_type, gene_key=gene_key, layer=layer, use_raw=use_raw,
+            query_organism=query_organism, orthologs=orthologs, min_overlap=min_overlap,
+        )
+        outcome = fine_tune(
+            self.encoder, self.centroids, prepared.data, tol=tol, max_iter=max_iter,
+            epochs_per_iter=epochs_per_iter, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+        )
+        provenance = {
+            "reference": self.name, "reference_version": self.config["version"], **self.source,
+            "query_organism": query_organism or self.organism, **prepared.summary(),
+            "n_iter": outcome.n_iter, "converged": outcome.converged, "changed": outcome.changed,
+            "settings": {"tol": tol, "max_iter": max_iter, "epochs_per_iter": epochs_per_iter,
+                         "batch_size": batch_size, "lr": lr, "min_confidence": min_confidence,
+                         "min_similarity": min_similarity, "seed": seed},
+        }
+        return build_result(outcome, self.cell_types, self.type_profiles.numpy(), prepared.alignment.present,
+                            adata.obs_names, min_confidence, min_similarity, provenance)

@@ -1,0 +1,129 @@
+"""Preprocessing as ItClust does it: QC filters (reference side), per-cell normalisation, log1p,
+and per-dataset scaling to zero mean and unit variance clipped at ``max_value``.
+
+The steps are recorded as a :class:`Recipe` inside every reference so a query gets the same treatment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._errors import ItClustError
+
+INPUT_TYPES = ("counts", "lognorm", "tpm")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How raw data becomes network input; stored in ``config.json`` under ``preprocessing``."""
+
+    min_genes_per_cell: int = 100
+    min_cells_per_gene: int = 10
+    drop_gene_prefixes: tuple[str, ...] = ("ERCC", "MT-")
+    target_sum: float = 1e4
+    n_top_genes: int = 2000
+    max_value: float = 6.0
+    scale_with: str = "own"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        d = dict(d)
+        d["drop_gene_prefixes"] = tuple(d.get("drop_gene_prefixes", ()))
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ItClustError(f"unknown preprocessing fields {sorted(unknown)}; upgrade itclust-hub")
+        return cls(**d)
+
+
+def as_csr(X) -> sp.csr_matrix:
+    """Return ``X`` as float32 CSR without densifying (dense input is converted once)."""
+    if sp.issparse(X):
+        X = X.tocsr()
+        return X if X.dtype == np.float32 else X.astype(np.float32)
+    return sp.csr_matrix(np.asarray(X, dtype=np.float32))
+
+
+def check_values(X: sp.csr_matrix) -> None:
+    """Refuse NaN, inf and negative values with a one-line reason."""
+    data = X.data
+    if not np.isfinite(data).all():
+        raise ItClustError("the expression matrix holds NaN or inf values; remove or impute them first")
+    if data.size and data.min() < 0:
+        raise ItClustError(
+            "the expression matrix holds negative values (scaled data?); pass raw counts, "
+            "log-normalised values or TPM, e.g. from a layer with layer=... or use_raw=True"
+        )
+
+
+def detect_input_type(X: sp.csr_matrix, n_rows: int = 2000) -> str:
+    """Guess whether ``X`` holds raw counts, log-normalised values or TPM/CPM-like values.
+
+    Integers are counts; non-integers whose maximum fits a log scale (< 30) are log-normalised;
+    other non-integers are taken as TPM/CPM-like (normalised, not logged).
+    """
+    rows = X[: min(n_rows, X.shape[0])]
+    data = rows.data
+    if data.size == 0:
+        return "counts"
+    if np.allclose(data, np.round(data)):
+        return "counts"
+    return "lognorm" if data.max() < 30 else "tpm"
+
+
+def lognormalize(X: sp.csr_matrix, input_type: str, target_sum: float, totals=None) -> sp.csr_matrix:
+    """Normalise each cell to ``target_sum`` and log1p, as fits ``input_type``; returns a new CSR.
+
+    ``totals`` are the per-cell sums used for normalisation (default: the row sums of ``X``); a query
+    aligned to fewer genes passes the totals of its full matrix so depth is not distorted.
+    """
+    if input_type not in INPUT_TYPES:
+        raise ItClustError(f"input_type must be one of {INPUT_TYPES} or 'auto', not {input_type!r}")
+    X = X.copy()
+    if input_type == "lognorm":
+        return X
+    if totals is None:
+        totals = np.asarray(X.sum(axis=1)).ravel()
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0)
+    X.data *= np.repeat(scale, np.diff(X.indptr)).astype(np.float32)
+    np.log1p(X.data, out=X.data)
+    return X
+
+
+def gene_mean_std(X: sp.csr_matrix, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and standard deviation (ddof=1, as scanpy) of a sparse matrix, chunk by chunk."""
+    n = X.shape[0]
+    s = np.zeros(X.shape[1])
+    ss = np.zeros(X.shape[1])
+    for start in range(0, n, chunk):
+        block = X[start : start + chunk]
+        s += np.asarray(block.sum(axis=0)).ravel()
+        ss += np.asarray(block.multiply(block).sum(axis=0)).ravel()
+    mean = s / max(n, 1)
+    var = (ss - n * mean**2) / max(n - 1, 1)
+    std = np.sqrt(np.clip(var, 0, None))
+    std[std == 0] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def qc_filter(adata, recipe: Recipe):
+    """Reference-side QC: drop ERCC/MT- genes, cells with few genes and rarely seen genes.
+
+    Returns a filtered copy; ``adata`` is not modified. Query cells are never filtered.
+    """
+    names = adata.var_names.str.upper()
+    keep_genes = ~np.zeros(adata.n_vars, dtype=bool)
+    for prefix in recipe.drop_gene_prefixes:
+        keep_genes &= ~names.str.startswith(prefix.upper())
+    adata = adata[:, keep_genes]
+    X = as_csr(adata.X)
+    genes_per_cell = np.diff(X.indptr)
+    adata = adata[genes_per_cell >= recipe.min_genes_per_cell]
+    X = as_csr(adata.X)
+    cells_per_gene = np.bincount(X.indices, minlength=X.shape[1])
+    return adata[:, cells_per_gene >= recipe.min_cells_per_gene].copy()

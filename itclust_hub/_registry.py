@@ -1,0 +1,281 @@
+"""The reference index: which references exist, where they live and what they hold.
+
+The index ships with the package (``references/index.json``): it maps a short name to a Hub repo, a
+pinned commit and the SHA-256 of every file. ``refresh=True`` fetches the newest index from the index
+repository on the Hub (then kept in the Hub cache); ``include_community=True`` adds Hub repos tagged
+``itclust-hub``. Hub settings (``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE``) are read at call time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import httpx2
+import pandas as pd
+from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+from ._artifact import REFERENCE_FILES
+from ._errors import ItClustError
+
+INDEX_REPO_ID = "itclust-hub/index"
+INDEX_REPO_TYPE = "dataset"
+INDEX_FILENAME = "index.json"
+INDEX_VERSION = 1
+COMMUNITY_TAG = "itclust-hub"
+REFERENCES_DIR = Path(__file__).parent / "references"
+NETWORK_TIMEOUT_S = 5.0
+
+# Hub rules: letters, digits, "-", "_", "."; no "--" or ".."; no "-" or "." at either end.
+_NAME = r"(?!.*(?:--|\.\.))[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_NAME_RE = re.compile(_NAME)
+_REPO_RE = re.compile(f"{_NAME}/{_NAME}")
+_REVISION_RE = re.compile(r"[^\s@]+")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+# Errors that mean "the Hub did not answer" rather than "the Hub said no".
+NETWORK_ERRORS = (httpx2.TransportError, OfflineModeIsEnabled)
+
+
+@dataclass
+class ReferenceEntry:
+    """One row of the index: a reference's Hub location, pinned commit, checksums and summary."""
+
+    name: str
+    repo_id: str
+    revision: str | None = None
+    organism: str | None = None
+    tissue: str | None = None
+    n_cells: int | None = None
+    n_cell_types: int | None = None
+    n_genes: int | None = None
+    version: str | None = None
+    license: str | None = None
+    citation: str | None = None
+    description: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    bundled: bool = False
+
+    @classmethod
+    def from_dict(cls, name: str, data) -> "ReferenceEntry":
+        """Build an entry from its JSON form; keys this client does not know are ignored."""
+        if not isinstance(data, dict) or not isinstance(data.get("repo_id"), str):
+            raise ItClustError(f"index entry {name!r} has no repo_id; reinstall itclust-hub or run list with refresh")
+        known = {f.name for f in fields(cls)} - {"name"}
+        return cls(name=name, **{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict:
+        """The JSON form stored in ``index.json`` (the name is the key, not a field)."""
+        data = asdict(self)
+        del data["name"]
+        return data
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """A parsed reference argument: ``kind`` is "name", "repo", "local" or "url"."""
+
+    kind: str
+    target: str
+    revision: str | None = None
+
+
+def hub_endpoint() -> str:
+    """The Hub URL: ``HF_ENDPOINT`` as set now, else huggingface_hub's default."""
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_cache_dir(cache_dir=None) -> Path:
+    """The Hub cache folder: ``cache_dir``, else ``HF_HUB_CACHE``, else ``$HF_HOME/hub``, as set now."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(constants.HF_HUB_CACHE)
+
+
+def is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` is set, whether before or after huggingface_hub was imported."""
+    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
+
+
+def network_timeout() -> float:
+    """Seconds to wait for the Hub before giving up: ``HF_HUB_ETAG_TIMEOUT`` if set, else 5."""
+    return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or NETWORK_TIMEOUT_S)
+
+
+def network_reason(err: Exception) -> str:
+    """A short reason for a failed Hub call, for one-line messages."""
+    if isinstance(err, httpx2.TimeoutException):
+        return f"no answer within {network_timeout():g} s"
+    if isinstance(err, HfHubHTTPError) and err.response is not None:
+        return f"HTTP {err.response.status_code}"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def remote_commit(api: HfApi, repo_id: str, revision: str | None, repo_type: str | None = None) -> str:
+    """The commit ``revision`` points to on the Hub, asked with a short timeout so a dead endpoint fails fast."""
+    return api.repo_info(repo_id, revision=revision, repo_type=repo_type, timeout=network_timeout()).sha
+
+
+def parse_reference(spec) -> ReferenceSpec:
+    """Parse "name", "name@rev", "org/repo", "org/repo@rev", a local folder or a URL ("scheme://...").
+
+    An existing folder wins over a name. Raises ItClustError for anything else.
+    """
+    text = os.fspath(spec).strip() if isinstance(spec, (str, os.PathLike)) else ""
+    if not text:
+        raise ItClustError("no reference given: pass a registry name (see `itclust-hub list`), org/repo[@revision], a folder or a URL")
+    if "://" in text:
+        return ReferenceSpec("url", text)
+    if Path(text).expanduser().is_dir():
+        return ReferenceSpec("local", str(Path(text).expanduser()))
+    base, at, revision = text.partition("@")
+    if at and not _REVISION_RE.fullmatch(revision):
+        raise ItClustError(f"{text!r} has no valid revision after '@'; write {base or 'NAME'}@<branch, tag or commit> or drop the '@'")
+    if _NAME_RE.fullmatch(base):
+        return ReferenceSpec("name", base, revision or None)
+    if _REPO_RE.fullmatch(base):
+        return ReferenceSpec("repo", base, revision or None)
+    if os.sep in text or text.startswith((".", "~")):
+        raise ItClustError(f"folder {text} does not exist; check the path")
+    raise ItClustError(f"cannot read {text!r} as a reference: pass a registry name (see `itclust-hub list`), org/repo[@revision], a folder or a URL")
+
+
+def is_reference_name(name: str) -> bool:
+    """Whether ``name`` can be a registry name (what ``parse_reference`` reads as a name)."""
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
+
+
+def _read_index(path: Path, where: str) -> dict[str, ReferenceEntry]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise ItClustError(f"cannot read the reference index {where} ({type(err).__name__}); reinstall itclust-hub") from None
+    version = data.get("index_version") if isinstance(data, dict) else None
+    if not isinstance(version, int) or not isinstance(data.get("references"), dict):
+        raise ItClustError(f"the reference index {where} is malformed; reinstall itclust-hub")
+    if version > INDEX_VERSION:
+        raise ItClustError(f"the reference index {where} needs a newer itclust-hub; run pip install -U itclust-hub")
+    return {name: ReferenceEntry.from_dict(name, entry) for name, entry in data["references"].items()}
+
+
+def _fetch_hub_index(cache_dir) -> str:
+    """Download the newest index from the index repository into the Hub cache; returns its path."""
+    if is_offline():
+        raise ItClustError("cannot refresh the reference index while HF_HUB_OFFLINE is set; unset it or list without refresh")
+    api = HfApi(endpoint=hub_endpoint())
+    try:
+        remote_commit(api, INDEX_REPO_ID, None, INDEX_REPO_TYPE)
+        return hf_hub_download(INDEX_REPO_ID, INDEX_FILENAME, repo_type=INDEX_REPO_TYPE, cache_dir=hub_cache_dir(cache_dir),
+                               endpoint=hub_endpoint(), etag_timeout=network_timeout())
+    except RepositoryNotFoundError:
+        raise ItClustError(f"{hub_endpoint()} has no index repository {INDEX_REPO_ID}; list without refresh") from None
+    except (*NETWORK_ERRORS, HfHubHTTPError) as err:
+        raise ItClustError(f"cannot fetch the reference index from {hub_endpoint()} ({network_reason(err)}); "
+                           "check your connection or list without refresh") from None
+
+
+def load_index(refresh: bool = False, cache_dir=None) -> dict[str, ReferenceEntry]:
+    """Name -> entry: the packaged index, overlaid with the Hub's index when one was fetched (now or before).
+
+    An entry from the Hub counts as bundled only when it pins the same commit as the packaged copy.
+    """
+    index = _read_index(REFERENCES_DIR / INDEX_FILENAME, "bundled with itclust-hub")
+    if refresh:
+        hub_copy = _fetch_hub_index(cache_dir)
+    else:
+        hub_copy = try_to_load_from_cache(INDEX_REPO_ID, INDEX_FILENAME, cache_dir=hub_cache_dir(cache_dir),
+                                          repo_type=INDEX_REPO_TYPE)
+    if isinstance(hub_copy, str):
+        for name, entry in _read_index(Path(hub_copy), f"from {INDEX_REPO_ID}").items():
+            packaged = index.get(name)
+            entry.bundled = packaged is not None and packaged.bundled and packaged.revision == entry.revision
+            index[name] = entry
+    return index
+
+
+def get_entry(name: str, cache_dir=None) -> ReferenceEntry:
+    """The index entry for ``name``; an unknown name raises ItClustError suggesting close names."""
+    index = load_index(cache_dir=cache_dir)
+    if name in index:
+        return index[name]
+    close = difflib.get_close_matches(name, list(index), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise ItClustError(f"unknown reference {name!r}{hint} (run `itclust-hub list` to see them all)")
+
+
+def find_entry(repo_id: str, cache_dir=None) -> ReferenceEntry | None:
+    """The index entry whose Hub repo is ``repo_id``, if any."""
+    return next((e for e in load_index(cache_dir=cache_dir).values() if e.repo_id == repo_id), None)
+
+
+def bundled_folder(entry: ReferenceEntry) -> Path:
+    """Where a bundled reference lives inside the installed package."""
+    return REFERENCES_DIR / entry.name
+
+
+def _is_cached(entry: ReferenceEntry, cache_dir) -> bool:
+    if entry.bundled and bundled_folder(entry).is_dir():
+        return True
+    return all(
+        isinstance(try_to_load_from_cache(entry.repo_id, name, cache_dir=hub_cache_dir(cache_dir), revision=entry.revision), str)
+        for name in entry.files or REFERENCE_FILES
+    )
+
+
+def _community_entries(known_repos: set[str]) -> list[ReferenceEntry]:
+    if is_offline():
+        raise ItClustError("cannot search the Hub for community references while HF_HUB_OFFLINE is set; unset it")
+    api = HfApi(endpoint=hub_endpoint())
+    try:
+        remote_commit(api, INDEX_REPO_ID, None, INDEX_REPO_TYPE)
+        models = list(api.list_models(filter=COMMUNITY_TAG))
+    except (*NETWORK_ERRORS, HfHubHTTPError) as err:
+        raise ItClustError(f"cannot search {hub_endpoint()} for community references ({network_reason(err)}); "
+                           "check your connection") from None
+    return [ReferenceEntry(name=m.id, repo_id=m.id, revision=m.sha) for m in models if m.id not in known_repos]
+
+
+def list_references(organism: str | None = None, tissue: str | None = None, name: str | None = None,
+                    refresh: bool = False, include_community: bool = False, cache_dir=None) -> pd.DataFrame:
+    """Table of available references, one row each.
+
+    Args:
+        organism: keep rows of this organism (case-insensitive), e.g. "human".
+        tissue: keep rows of this tissue (case-insensitive), e.g. "pancreas".
+        name: keep names matching this fnmatch wildcard, e.g. "pancreas-*".
+        refresh: fetch the newest index from the Hub first (kept in the cache for later calls).
+        include_community: add Hub repos tagged "itclust-hub" that the index does not list (unverified).
+        cache_dir: Hub cache folder used for the ``cached`` column (default: ``HF_HOME``).
+
+    Columns: name, organism, tissue, n_cells, n_cell_types, n_genes, version, license, repo_id, revision,
+    bundled, cached (usable offline), source ("index" or "community"), description.
+    """
+    index = load_index(refresh=refresh, cache_dir=cache_dir)
+    entries = [(e, "index") for e in index.values()]
+    if include_community:
+        known = {e.repo_id for e in index.values()}
+        entries += [(e, "community") for e in _community_entries(known)]
+    columns = ["name", "organism", "tissue", "n_cells", "n_cell_types", "n_genes", "version", "license",
+               "repo_id", "revision", "bundled", "cached", "source", "description"]
+    rows = []
+    for entry, source in entries:
+        if organism and (entry.organism or "").lower() != organism.lower():
+            continue
+        if tissue and (entry.tissue or "").lower() != tissue.lower():
+            continue
+        if name and not fnmatch.fnmatchcase(entry.name.lower(), name.lower()):
+            continue
+        row = asdict(entry)
+        row.update(cached=_is_cached(entry, cache_dir), source=source)
+        rows.append({c: row[c] for c in columns})
+    return pd.DataFrame(rows, columns=columns)
