@@ -110,7 +110,8 @@ def resolve_reference(spec, revision: str | None = None, cache_dir=None, local_f
     """
     parsed = parse_reference(spec)
     if revision is not None and parsed.revision not in (None, revision):
-        raise ItClustError(f"{spec!r} asks for revision {parsed.revision} but revision={revision!r} was also given; pass one")
+        raise ItClustError(f"{spec!r} asks for revision {parsed.revision} but revision={revision!r} was also given; "
+                           "pass one")
     revision = revision or parsed.revision
     offline = local_files_only or is_offline()
     if parsed.kind == "local":
@@ -136,7 +137,8 @@ def _from_index_or_hub(target: str, entry: ReferenceEntry | None, revision, cach
             raise ItClustError(f"the bundled reference {entry.name} is damaged; reinstall itclust-hub")
         return ResolvedReference(folder, entry.name, entry.repo_id, entry.revision, "bundled")
     if revision is None and entry.revision is None:
-        logger.warning("the index pins no revision for %s yet; using the latest on %s (unverified)", entry.name, entry.repo_id)
+        logger.warning("the index pins no revision for %s yet; using the latest on %s (unverified)",
+                       entry.name, entry.repo_id)
     pinned = revision is None or revision == entry.revision
     return _from_hub(entry.name, entry.repo_id, revision or entry.revision, entry.files if pinned else {},
                      cache_dir, offline, token)
@@ -156,8 +158,8 @@ def _from_hub(name, repo_id, revision, files, cache_dir, offline, token) -> Reso
     bad = _mismatched_files(folder, files)
     if bad:
         _evict(folder, bad)
-        raise ItClustError(f"{label}: {', '.join(bad)} did not match the index checksum and was removed from the cache; "
-                           "run again, and report it if it repeats")
+        raise ItClustError(f"{label}: {', '.join(bad)} did not match the index checksum and was removed from the "
+                           "cache; run again, and report it if it repeats")
     return ResolvedReference(folder, name, repo_id, folder.name, "hub")
 
 
@@ -177,15 +179,16 @@ def _download(name: str, label: str, kwargs: dict) -> Path:
         raise ItClustError(f"no repository {repo_id} on {endpoint}: check the name (a private repo needs token=, "
                            "a local folder must exist)") from None
     except RevisionNotFoundError:
-        raise ItClustError(f"{repo_id} has no revision {kwargs['revision']!r}; check the branch, tag or commit") from None
+        raise ItClustError(f"{repo_id} has no revision {kwargs['revision']!r}; "
+                           "check the branch, tag or commit") from None
     except (*NETWORK_ERRORS, HfHubHTTPError) as err:
         if isinstance(err, HfHubHTTPError) and err.response.status_code in (401, 403):
             raise ItClustError(f"{endpoint} refused access to {repo_id}; set HF_TOKEN or run `hf auth login`") from None
         cached = _cached_snapshot(kwargs)
         if cached is None:
-            raise ItClustError(f"cannot reach {endpoint} to download {label} ({network_reason(err)}) and it is not in the "
-                               f"cache; check your connection and HF_ENDPOINT, or run `itclust-hub download {name}` "
-                               "on a machine with internet") from None
+            raise ItClustError(f"cannot reach {endpoint} to download {label} ({network_reason(err)}) and it is not in "
+                               "the cache; check your connection and HF_ENDPOINT, or run "
+                               f"`itclust-hub download {name}` on a machine with internet") from None
         logger.warning("cannot reach %s (%s); using the cached copy of %s", endpoint, network_reason(err), label)
         return cached
     try:
@@ -228,12 +231,14 @@ def _fetch(url: str, dest: Path) -> None:
 
 
 def _from_url(url: str, cache_dir, offline: bool) -> ResolvedReference:
-    """A reference served as plain files under ``url``; cached whole and replaced atomically."""
+    """A reference served as plain files under ``url``. The files land in a staging folder that replaces the
+    cached copy whole, so a failed fetch never leaves a mix of old and new files."""
     folder = _url_folder(url, cache_dir)
     cached = folder if all((folder / name).is_file() for name in REFERENCE_FILES) else None
     if offline:
         if cached is None:
-            raise ItClustError(f"{url} is not in the cache at {folder.parent}; fetch it once with internet, or {_offline_hint()}")
+            raise ItClustError(f"{url} is not in the cache at {folder.parent}; fetch it once with internet, "
+                               f"or {_offline_hint()}")
         return ResolvedReference(cached, url, None, None, "url")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=folder.parent))
@@ -260,7 +265,8 @@ def _from_url(url: str, cache_dir, offline: bool) -> ResolvedReference:
 def _is_reference_repo(repo, index_repos: set[str]) -> bool:
     if repo.repo_id in index_repos:
         return True
-    return any({"config.json", "genes.json", "labels.json"} <= {f.file_name for f in rev.files} for rev in repo.revisions)
+    marker = {"config.json", "genes.json", "labels.json"}
+    return any(marker <= {f.file_name for f in rev.files} for rev in repo.revisions)
 
 
 def _cached_hub_references(cache_dir):
@@ -395,13 +401,16 @@ def push_reference(folder, repo_id: str, token: str | None = None, revision: str
                                    allow_patterns=list(REFERENCE_FILES),
                                    commit_message=f"Upload reference {config['name']}")
         entry = _entry_from_config(config, repo_id, commit.oid, folder)
-        proposal = api.create_commit(index_repo, repo_type=INDEX_REPO_TYPE, create_pr=open_pr,
-                                     operations=[CommitOperationAdd(INDEX_FILENAME, _index_with(api, index_repo, entry))],
+        index_file = CommitOperationAdd(INDEX_FILENAME, _index_with(api, index_repo, entry))
+        proposal = api.create_commit(index_repo, repo_type=INDEX_REPO_TYPE, create_pr=open_pr, operations=[index_file],
                                      commit_message=f"Add {entry.name} ({repo_id}@{commit.oid[:7]})")
     except RepositoryNotFoundError:
-        raise ItClustError(f"{endpoint} has no index repository {index_repo}; pass index_repo= or check HF_ENDPOINT") from None
+        raise ItClustError(f"{endpoint} has no index repository {index_repo}; "
+                           "pass index_repo= or check HF_ENDPOINT") from None
     except (*NETWORK_ERRORS, HfHubHTTPError) as err:
         if isinstance(err, HfHubHTTPError) and err.response.status_code in (401, 403):
-            raise ItClustError(f"{endpoint} refused the token for {repo_id}; use a token with write access (HF_TOKEN)") from None
-        raise ItClustError(f"push to {endpoint} failed ({network_reason(err)}); check your connection and run it again") from None
+            raise ItClustError(f"{endpoint} refused the token for {repo_id}; use a token with write access "
+                               "(HF_TOKEN)") from None
+        raise ItClustError(f"push to {endpoint} failed ({network_reason(err)}); check your connection and run it "
+                           "again") from None
     return PushedReference(repo_id, commit.oid, entry, proposal.pr_url or proposal.commit_url)

@@ -38,6 +38,7 @@ _NAME_RE = re.compile(_NAME)
 _REPO_RE = re.compile(f"{_NAME}/{_NAME}")
 _REVISION_RE = re.compile(r"[^\s@]+")
 _TRUE = {"1", "ON", "YES", "TRUE"}
+_SPEC_HELP = "pass a registry name (see `itclust-hub list`), org/repo[@revision], a folder or a URL"
 
 # Errors that mean "the Hub did not answer" rather than "the Hub said no".
 NETWORK_ERRORS = (httpx2.TransportError, OfflineModeIsEnabled)
@@ -133,21 +134,22 @@ def parse_reference(spec) -> ReferenceSpec:
     """
     text = os.fspath(spec).strip() if isinstance(spec, (str, os.PathLike)) else ""
     if not text:
-        raise ItClustError("no reference given: pass a registry name (see `itclust-hub list`), org/repo[@revision], a folder or a URL")
+        raise ItClustError(f"no reference given: {_SPEC_HELP}")
     if "://" in text:
         return ReferenceSpec("url", text)
     if Path(text).expanduser().is_dir():
         return ReferenceSpec("local", str(Path(text).expanduser()))
     base, at, revision = text.partition("@")
     if at and not _REVISION_RE.fullmatch(revision):
-        raise ItClustError(f"{text!r} has no valid revision after '@'; write {base or 'NAME'}@<branch, tag or commit> or drop the '@'")
+        raise ItClustError(f"{text!r} has no valid revision after '@'; write {base or 'NAME'}@<branch, tag or commit> "
+                           "or drop the '@'")
     if _NAME_RE.fullmatch(base):
         return ReferenceSpec("name", base, revision or None)
     if _REPO_RE.fullmatch(base):
         return ReferenceSpec("repo", base, revision or None)
     if os.sep in text or text.startswith((".", "~")):
         raise ItClustError(f"folder {text} does not exist; check the path")
-    raise ItClustError(f"cannot read {text!r} as a reference: pass a registry name (see `itclust-hub list`), org/repo[@revision], a folder or a URL")
+    raise ItClustError(f"cannot read {text!r} as a reference: {_SPEC_HELP}")
 
 
 def is_reference_name(name: str) -> bool:
@@ -159,7 +161,8 @@ def _read_index(path: Path, where: str) -> dict[str, ReferenceEntry]:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError, UnicodeDecodeError) as err:
-        raise ItClustError(f"cannot read the reference index {where} ({type(err).__name__}); reinstall itclust-hub") from None
+        raise ItClustError(f"cannot read the reference index {where} ({type(err).__name__}); "
+                           "reinstall itclust-hub") from None
     version = data.get("index_version") if isinstance(data, dict) else None
     if not isinstance(version, int) or not isinstance(data.get("references"), dict):
         raise ItClustError(f"the reference index {where} is malformed; reinstall itclust-hub")
@@ -171,12 +174,14 @@ def _read_index(path: Path, where: str) -> dict[str, ReferenceEntry]:
 def _fetch_hub_index(cache_dir) -> str:
     """Download the newest index from the index repository into the Hub cache; returns its path."""
     if is_offline():
-        raise ItClustError("cannot refresh the reference index while HF_HUB_OFFLINE is set; unset it or list without refresh")
+        raise ItClustError("cannot refresh the reference index while HF_HUB_OFFLINE is set; unset it or list "
+                           "without refresh")
     api = HfApi(endpoint=hub_endpoint())
     try:
         remote_commit(api, INDEX_REPO_ID, None, INDEX_REPO_TYPE)
-        return hf_hub_download(INDEX_REPO_ID, INDEX_FILENAME, repo_type=INDEX_REPO_TYPE, cache_dir=hub_cache_dir(cache_dir),
-                               endpoint=hub_endpoint(), etag_timeout=network_timeout())
+        return hf_hub_download(INDEX_REPO_ID, INDEX_FILENAME, repo_type=INDEX_REPO_TYPE,
+                               cache_dir=hub_cache_dir(cache_dir), endpoint=hub_endpoint(),
+                               etag_timeout=network_timeout())
     except RepositoryNotFoundError:
         raise ItClustError(f"{hub_endpoint()} has no index repository {INDEX_REPO_ID}; list without refresh") from None
     except (*NETWORK_ERRORS, HfHubHTTPError) as err:
@@ -226,10 +231,9 @@ def bundled_folder(entry: ReferenceEntry) -> Path:
 def _is_cached(entry: ReferenceEntry, cache_dir) -> bool:
     if entry.bundled and bundled_folder(entry).is_dir():
         return True
-    return all(
-        isinstance(try_to_load_from_cache(entry.repo_id, name, cache_dir=hub_cache_dir(cache_dir), revision=entry.revision), str)
-        for name in entry.files or REFERENCE_FILES
-    )
+    cache = hub_cache_dir(cache_dir)
+    return all(isinstance(try_to_load_from_cache(entry.repo_id, name, cache_dir=cache, revision=entry.revision), str)
+               for name in entry.files or REFERENCE_FILES)
 
 
 def _community_entries(known_repos: set[str]) -> list[ReferenceEntry]:
