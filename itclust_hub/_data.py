@@ -15,21 +15,25 @@ DENSE_BUDGET_BYTES = 256 * 2**20
 class ScaledMatrix:
     """Log-normalised cells x genes (CSR) with per-gene mean/std; yields scaled dense batches.
 
-    Genes the data does not measure are all-zero columns, so they stay at the scaled mean (0).
+    Genes the data does not measure are all-zero columns, so they stay at the scaled mean (0); ``gain``
+    multiplies the scaled values so that activations keep their size when genes are missing.
     """
 
-    def __init__(self, X: sp.csr_matrix, mean, std, max_value: float, dense_budget: int = DENSE_BUDGET_BYTES):
+    def __init__(self, X: sp.csr_matrix, mean, std, max_value: float, gain: float = 1.0,
+                 dense_budget: int = DENSE_BUDGET_BYTES):
         self.X = X
         self.n_cells, self.n_genes = X.shape
         self.mean = torch.as_tensor(mean, dtype=torch.float32)
         self.inv_std = 1.0 / torch.as_tensor(std, dtype=torch.float32)
         self.max_value = max_value
+        self.gain = gain
         self._dense = None
         if self.n_cells * self.n_genes * 4 <= dense_budget:
             self._dense = self._scale(torch.from_numpy(X.toarray()))
 
     def _scale(self, block: torch.Tensor) -> torch.Tensor:
-        return ((block - self.mean) * self.inv_std).clamp_(-self.max_value, self.max_value)
+        scaled = ((block - self.mean) * self.inv_std).clamp_(-self.max_value, self.max_value)
+        return scaled.mul_(self.gain) if self.gain != 1.0 else scaled
 
     def rows(self, index) -> torch.Tensor:
         """Scaled dense rows for ``index`` (a slice or an array of row numbers)."""

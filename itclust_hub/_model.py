@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import platform
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,8 @@ from ._transfer import fine_tune
 
 
 def _library_versions() -> dict:
-    import anndata
-    import scanpy
-
-    from . import __version__
-
-    return {"itclust_hub": __version__, "torch": torch.__version__, "anndata": anndata.__version__,
-            "scanpy": scanpy.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    packages = ("itclust-hub", "torch", "anndata", "scanpy", "numpy", "safetensors")
+    return {name: version(name) for name in packages} | {"python": platform.python_version()}
 
 
 class ItClust:

@@ -100,4 +100,5 @@ def prepare_query(
         aligned.append(lognormalize(as_csr(chunk @ alignment.matrix), used, recipe.target_sum, totals))
     X_aligned = sp.vstack(aligned, format="csr") if len(aligned) > 1 else aligned[0]
     mean, std = gene_mean_std(X_aligned)
-    return PreparedQuery(ScaledMatrix(X_aligned, mean, std, recipe.max_value), alignment, used, detected)
+    gain = alignment.n_reference / alignment.n_overlap if recipe.rescale_missing else 1.0
+    return PreparedQuery(ScaledMatrix(X_aligned, mean, std, recipe.max_value, gain), alignment, used, detected)

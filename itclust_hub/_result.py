@@ -99,6 +99,43 @@ class TransferResult:
             written.append(path)
         return written
 
+    def plot_umap(self, *, seed: int = 0):
+        """UMAP of the embedding coloured by label and by cluster confidence (a matplotlib Figure)."""
+        from ._plot import plot_umap
+
+        return plot_umap(self, seed=seed)
+
+    def plot_confidence(self):
+        """Per-cluster size, confidence and similarity, novel clusters marked (a matplotlib Figure)."""
+        from ._plot import plot_confidence
+
+        return plot_confidence(self)
+
+    def plot_markers(self, adata, model, *, n_genes: int = 3, layer=None, use_raw: bool = False, orthologs=None):
+        """Dot plot of the reference's marker genes per predicted label in ``adata`` (a matplotlib Figure);
+        ``layer``, ``use_raw`` and ``orthologs`` as given to the transfer."""
+        from ._plot import plot_markers
+
+        return plot_markers(self, adata, model, n_genes=n_genes, layer=layer, use_raw=use_raw, orthologs=orthologs)
+
+    def plot_confusion(self, truth, *, truth_key: str = "query label"):
+        """Heatmap of the query's own labels ``truth`` (a Series over the cells) against the predicted ones."""
+        from ._plot import plot_confusion
+
+        return plot_confusion(self, truth, truth_key=truth_key)
+
+    def report(self, folder, *, adata=None, model=None, truth_key: str | None = None, force: bool = False,
+               **options) -> list[Path]:
+        """Write PNG figures and ``summary.md`` into ``folder``; returns the paths.
+
+        Markers need ``adata`` and ``model``, the confusion heatmap ``adata`` and ``truth_key``; ``options``
+        (``layer``, ``use_raw``, ``orthologs``, ``n_genes``, ``seed``) go to
+        :func:`itclust_hub._report.write_report`.
+        """
+        from ._report import write_report
+
+        return write_report(self, folder, adata=adata, model=model, truth_key=truth_key, force=force, **options)
+
 
 class atomic_path:
     """Context manager giving a temporary path that replaces ``path`` only if the block succeeds."""
@@ -138,8 +175,8 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
         "label": np.where(novel, UNASSIGNED, cluster_names),
         "nearest_label": cluster_names,
         "size": sizes,
-        "confidence": confidence.round(4),
-        "similarity": similarity.round(4),
+        "confidence": confidence,
+        "similarity": similarity,
         "novel": novel,
     })
     clusters.index.name = "cluster"

@@ -64,12 +64,13 @@ def _pretrain(encoder: Encoder, data: ScaledMatrix, epochs: int, batch_size: int
     run([*encoder.parameters(), *decoders.parameters()], full_step)
 
 
-def _mask_genes(x: torch.Tensor, max_rate: float, prob: float) -> torch.Tensor:
-    """With probability ``prob``, zero a random share (uniform up to ``max_rate``) of genes in the batch."""
-    if max_rate <= 0 or torch.rand(()) >= prob:
-        return x
-    rate = float(torch.rand(())) * max_rate
-    return x * (torch.rand(x.shape[1]) >= rate)
+def _mask_genes(x: torch.Tensor, rate: float, rescale: bool) -> torch.Tensor:
+    """Zero a random share ``rate`` of the genes (the same for every cell of ``x``), as a query that
+    does not measure them; ``rescale`` multiplies the rest by genes / present genes, as at transfer."""
+    keep = torch.rand(x.shape[1]) >= rate
+    if not keep.any():
+        return torch.zeros_like(x)
+    return x * keep * (x.shape[1] / keep.sum() if rescale else 1.0)
 
 
 def _supervised(encoder: Encoder, centroids: nn.Parameter, data: ScaledMatrix, codes: np.ndarray,
@@ -85,19 +86,23 @@ def _supervised(encoder: Encoder, centroids: nn.Parameter, data: ScaledMatrix, c
     targets = torch.full((data.n_cells, n_types), smooth / n_types)
     targets[torch.arange(data.n_cells), torch.as_tensor(codes)] += 1.0 - smooth
     x_val, p_val = data.rows(val), targets[val]
+    val_inputs = [x_val] + [_mask_genes(x_val, rate, cfg["rescale"]) for rate in (0.5, 0.9) if cfg["mask_prob"] > 0]
     params = [*encoder.parameters(), centroids]
     opt = torch.optim.Adam(params, lr=cfg["lr"])
     best = (float("inf"), None, 0)
     epoch = 0
     for epoch in range(1, cfg["epochs"] + 1):
         for index in np.array_split(rng.permutation(train), max(len(train) // cfg["batch_size"], 1)):
-            x = _mask_genes(data.rows(np.sort(index)), cfg["mask_max_rate"], cfg["mask_prob"])
-            loss = kl_loss(targets[np.sort(index)], soft_assign(encoder(x), centroids))
+            index = np.sort(index)
+            x = data.rows(index)
+            if rng.random() < cfg["mask_prob"]:
+                x = _mask_genes(x, rng.random() * cfg["mask_max_rate"], cfg["rescale"])
+            loss = kl_loss(targets[index], soft_assign(encoder(x), centroids))
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():
-            val_loss = float(kl_loss(p_val, soft_assign(encoder(x_val), centroids)))
+            val_loss = float(np.mean([kl_loss(p_val, soft_assign(encoder(x), centroids)) for x in val_inputs]))
         bar.update(1)
         if val_loss < best[0] - 1e-5:
             best = (val_loss, copy.deepcopy([p.detach().clone() for p in params]), epoch)
@@ -164,7 +169,7 @@ def train_reference(
     val_fraction: float = 0.25,
     label_smoothing: float = 0.1,
     mask_max_rate: float = 0.9,
-    mask_prob: float = 0.5,
+    mask_prob: float = 0.9,
     seed: int = 0,
     progress: bool | None = None,
     metadata: dict | None = None,
@@ -195,7 +200,8 @@ def train_reference(
         Shuffled validation share for early stopping; smoothing of the one-hot targets.
     mask_max_rate, mask_prob
         Gene masking: with probability ``mask_prob`` a batch loses a random share (up to
-        ``mask_max_rate``) of its genes, so queries measuring fewer genes keep accuracy.
+        ``mask_max_rate``) of its genes, so queries measuring fewer genes keep accuracy; the
+        validation loss for early stopping averages the clean split and two masked copies.
     seed
         Makes training deterministic.
     progress
@@ -233,7 +239,8 @@ def train_reference(
     dims = hidden_dims or hidden_dims_for(filtered.n_obs)
     encoder = Encoder(len(genes), dims)
     cfg = dict(epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
-               label_smoothing=label_smoothing, mask_max_rate=mask_max_rate, mask_prob=mask_prob)
+               label_smoothing=label_smoothing, mask_max_rate=mask_max_rate, mask_prob=mask_prob,
+               rescale=recipe.rescale_missing)
     with progress_bar(total=pretrain_epochs * (len(dims) + 1) + epochs, enabled=progress, desc=f"training {name}") as bar:
         _pretrain(encoder, data, pretrain_epochs, batch_size, pretrain_lr, rng, bar)
         z = _embed(encoder, data)

@@ -1,0 +1,295 @@
+"""The core algorithm on real Baron pancreas data: training, transfer, round trip, gene alignment,
+input-type detection, cluster naming and every bad input of the public API."""
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import scanpy as sc
+from sklearn.metrics import accuracy_score
+
+import itclust_hub as ih
+from itclust_hub._errors import ItClustError
+from itclust_hub._preprocess import detect_input_type
+from itclust_hub._result import build_result
+from itclust_hub._transfer import FineTuneOutcome
+
+from _data import read, small_reference
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_reference()
+
+
+@pytest.fixture(scope="module")
+def query():
+    human = read("baron_human_pancreas")
+    return human[human.obs["donor"] == "human3"].copy()
+
+
+def _snapshot(adata):
+    return adata.X.copy(), adata.obs.copy(), adata.var.copy(), dict(adata.uns), list(adata.obsm)
+
+
+def _same(adata, snap):
+    X, obs, var, uns, obsm = snap
+    return ((adata.X != X).nnz == 0 and adata.obs.equals(obs) and adata.var.equals(var)
+            and dict(adata.uns) == uns and list(adata.obsm) == obsm)
+
+
+def test_held_out_donor_accuracy_and_contract(model, query):
+    snap = _snapshot(query)
+    result = model.transfer(query, progress=False)
+    assert _same(query, snap), "transfer modified the user's AnnData"
+    truth = query.obs["cell_type1"].astype(str)
+    assert accuracy_score(truth, result.obs["nearest_label"]) >= 0.90
+    assert accuracy_score(truth, result.labels) >= 0.88
+    assert list(result.labels.index) == list(query.obs_names)
+    assert result.probabilities.shape == (query.n_obs, len(model.cell_types))
+    assert np.allclose(result.probabilities.sum(axis=1), 1, atol=1e-4)
+    assert result.embedding.shape[0] == query.n_obs
+    assert set(result.clusters.columns) >= {"label", "size", "confidence", "novel"}
+    assert result.clusters["size"].sum() == query.n_obs
+    assert {"label", "nearest_label", "source_label", "probability", "cluster_confidence"} <= set(result.obs.columns)
+    assert result.provenance["input_type"] == "counts"
+    annotated = result.to_adata(query)
+    assert "itclust_label" in annotated.obs and "X_itclust" in annotated.obsm and "itclust_label" not in query.obs
+
+
+def test_fine_tuning_does_not_lose_to_the_source_network(model, query):
+    result = model.transfer(query, progress=False)
+    truth = query.obs["cell_type1"].astype(str)
+    assert accuracy_score(truth, result.obs["nearest_label"]) >= accuracy_score(truth, result.obs["source_label"])
+
+
+def test_round_trip_gives_identical_results(model, query, tmp_path):
+    model.save_pretrained(tmp_path / "ref")
+    loaded = ih.ItClust.from_pretrained(tmp_path / "ref")
+    a = model.transfer(query, progress=False, seed=3)
+    b = loaded.transfer(query, progress=False, seed=3)
+    assert a.labels.equals(b.labels)
+    np.testing.assert_array_equal(a.embedding, b.embedding)
+    np.testing.assert_array_equal(a.probabilities.to_numpy(), b.probabilities.to_numpy())
+    assert loaded.genes == model.genes and loaded.cell_types == model.cell_types
+
+
+def test_training_is_deterministic_under_a_seed():
+    human = read("baron_human_pancreas")
+    ref = human[human.obs["donor"] == "human2"].copy()
+    kw = dict(small_types="drop", pretrain_epochs=2, epochs=5, seed=7, progress=False)
+    a, b = ih.train_reference(ref, "cell_type1", "a", **kw), ih.train_reference(ref, "cell_type1", "a", **kw)
+    for key, value in a.tensors().items():
+        assert np.array_equal(value.numpy(), b.tensors()[key].numpy()), key
+
+
+def test_absent_type_keeps_cluster_names(model, query):
+    # alpha (index 2 of 14 types) is missing from the query: every later type must keep its own name
+    no_alpha = query[query.obs["cell_type1"] != "alpha"].copy()
+    result = model.transfer(no_alpha, progress=False)
+    table = pd.crosstab(no_alpha.obs["cell_type1"].astype(str), result.obs["nearest_label"])
+    big = table[table.sum(axis=1) >= 20]
+    assert len(big) >= 5
+    assert (big.idxmax(axis=1) == big.index).all(), big.idxmax(axis=1).to_dict()
+
+
+def test_cluster_names_follow_kept_types():
+    # clusters 0 and 1 grew from reference types 0 and 2; type 1 received no cells
+    outcome = FineTuneOutcome(
+        source_codes=np.array([0, 0, 2, 2]), kept_types=np.array([0, 2]),
+        initial_clusters=np.array([0, 0, 1, 1]), clusters=np.array([0, 0, 1, 0]),
+        q=np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]), embedding=np.zeros((4, 2)),
+        cluster_profiles=np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]]), n_iter=1, converged=True, changed=[0.0])
+    profiles = np.array([[1.0, 0.0, 0.5], [9.0, 9.0, 9.0], [0.0, 1.0, 0.5]])
+    res = build_result(outcome, ["a", "b", "c"], profiles, np.ones(3, bool), ["x", "y", "z", "w"], 0.5, 0.3, {})
+    assert list(res.obs["nearest_label"]) == ["a", "a", "c", "a"]
+    assert list(res.obs["source_label"]) == ["a", "a", "c", "c"]
+    assert res.clusters.loc[0, "confidence"] == pytest.approx(2 / 3)
+    assert res.clusters.loc[1, "confidence"] == 1.0
+    assert list(res.probabilities.columns) == ["a", "b", "c"] and (res.probabilities["b"] == 0).all()
+
+
+def test_cross_species_through_orthologs():
+    model = small_reference()
+    mouse = read("baron_mouse_pancreas")
+    result = model.transfer(mouse, query_organism="mouse", progress=False)
+    genes = result.provenance["genes"]
+    assert genes["ortholog_mapped"] > 10000 and genes["fraction"] > 0.6
+    truth = mouse.obs["cell_type1"].str.lower()
+    shared = truth.isin([t.lower() for t in model.cell_types])
+    assert accuracy_score(truth[shared], result.obs["nearest_label"].str.lower()[shared]) >= 0.75
+    with pytest.raises(ItClustError, match="ortholog"):
+        model.transfer(mouse, query_organism="zebrafish", progress=False)
+
+
+def test_wrong_tissue_is_not_confident(model):
+    pbmc = read("pbmc3k_raw_unlabeled")
+    result = model.transfer(pbmc, progress=False)
+    assert result.provenance["genes"]["fraction"] > 0.5
+    assert (result.labels == "Unassigned").mean() > 0.5
+
+
+# --- gene alignment -------------------------------------------------------------------------------
+
+def _prepared(model, adata, **kw):
+    from itclust_hub._query import prepare_query
+
+    return prepare_query(adata, genes=model.genes, gene_ids=model.gene_ids, organism=model.organism,
+                         recipe=model.recipe, **kw)
+
+
+def test_alignment_by_symbol_is_case_insensitive(model, query):
+    lower = query.copy()
+    lower.var_names = lower.var_names.str.lower()
+    a, b = _prepared(model, query), _prepared(model, lower)
+    assert a.alignment.n_overlap == b.alignment.n_overlap == len(model.genes)
+    assert (a.data.X != b.data.X).nnz == 0
+
+
+def test_alignment_by_ensembl_ids_from_var_names_or_column(model):
+    pbmc = read("pbmc3k_raw_unlabeled")
+    by_symbol = _prepared(model, pbmc, gene_key="gene_symbols")
+    ensembl = pbmc.copy()
+    ensembl.var_names = ensembl.var["gene_ids"].astype(str).to_numpy()
+    by_id = _prepared(model, ensembl)
+    assert by_id.alignment.id_type == "ensembl" and by_symbol.alignment.id_type == "symbol"
+    assert by_id.alignment.n_overlap >= 0.9 * by_symbol.alignment.n_overlap
+    assert _prepared(model, pbmc, gene_key="gene_ids").alignment.id_type == "ensembl"
+
+
+def test_partial_overlap_is_reported_and_missing_genes_sit_at_zero(model, query):
+    keep = np.random.default_rng(0).choice(model.genes, size=len(model.genes) // 4, replace=False)
+    partial = query[:, query.var_names.isin(keep)].copy()
+    prepared = _prepared(model, partial)
+    assert prepared.alignment.n_overlap == len(keep)
+    assert prepared.summary()["genes"]["fraction"] == pytest.approx(0.25, abs=0.01)
+    missing = ~prepared.alignment.present
+    assert np.all(prepared.data.rows(np.arange(20)).numpy()[:, missing] == 0)
+    result = model.transfer(partial, progress=False)
+    assert accuracy_score(partial.obs["cell_type1"], result.obs["nearest_label"]) >= 0.8
+
+
+def test_duplicated_query_genes_keep_the_most_expressed_copy(model, query):
+    gene = model.genes[0]
+    col = query[:, [gene]].X
+    extra = ad.AnnData(sp.csr_matrix(col * 0), obs=query.obs[[]], var=pd.DataFrame(index=[gene]))
+    doubled = ad.concat([query, extra], axis=1, merge="first")
+    prepared = _prepared(model, doubled)
+    assert prepared.alignment.n_duplicates == 1
+    assert (prepared.data.X != _prepared(model, query).data.X).nnz == 0
+
+
+# --- input type -----------------------------------------------------------------------------------
+
+def test_input_type_detection(query):
+    counts = query.X
+    logged = query.copy()
+    sc.pp.normalize_total(logged, target_sum=1e4)
+    tpm = logged.X.copy()
+    sc.pp.log1p(logged)
+    assert detect_input_type(counts) == "counts"
+    assert detect_input_type(logged.X) == "lognorm"
+    tpm_scaled = query.copy()
+    sc.pp.normalize_total(tpm_scaled, target_sum=1e6)
+    assert detect_input_type(tpm_scaled.X) == "tpm"
+    assert detect_input_type(tpm) == "tpm"
+
+
+def test_lognormalised_and_tpm_queries_give_the_same_input(model, query):
+    logged, tpm = query.copy(), query.copy()
+    sc.pp.normalize_total(tpm, target_sum=1e6)
+    base = _prepared(model, query).data.X
+    assert _prepared(model, tpm).input_type == "tpm"
+    np.testing.assert_allclose(_prepared(model, tpm).data.X.toarray(), base.toarray(), rtol=1e-4, atol=1e-4)
+    forced = _prepared(model, query, input_type="lognorm")
+    assert forced.input_type == "lognorm" and forced.input_type_detected == "counts"
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+def _one_line_error(call, match):
+    with pytest.raises(ItClustError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_bad_queries_give_one_line_errors_and_leave_adata_alone(model, query):
+    _one_line_error(lambda: model.transfer("query.h5ad"), "expected an AnnData")
+    _one_line_error(lambda: model.transfer(query[:0].copy()), "empty")
+    unrelated = query.copy()
+    unrelated.var_names = [f"G{i}" for i in range(unrelated.n_vars)]
+    _one_line_error(lambda: model.transfer(unrelated), "no query gene matches")
+    few = query[:, query.var_names.isin(model.genes[:20])].copy()
+    _one_line_error(lambda: model.transfer(few), "below the minimum")
+    for bad_value in (np.nan, np.inf, -1.0):
+        bad = query.copy()
+        bad.X = bad.X.copy()
+        bad.X.data[0] = bad_value
+        snap = _snapshot(bad)
+        _one_line_error(lambda: model.transfer(bad), "NaN or inf|negative")
+        X, *_ = snap
+        assert bad.X.data[0] == X.data[0] or np.isnan(bad.X.data[0])
+    _one_line_error(lambda: model.transfer(query, layer="counts"), "layer 'counts' not found")
+    _one_line_error(lambda: model.transfer(query, use_raw=True), "no .raw")
+
+
+def test_bad_training_input():
+    human = read("baron_human_pancreas")
+    ref = human[human.obs["donor"] == "human2"].copy()
+    train = lambda adata, key="cell_type1", **kw: ih.train_reference(adata, key, "x", epochs=1, pretrain_epochs=1, progress=False, **kw)
+    _one_line_error(lambda: train(ref, "celltype"), "label key 'celltype'")
+    one = ref.copy()
+    one.obs["one"] = "beta"
+    _one_line_error(lambda: train(one, "one"), "fewer than 2 cell types")
+    _one_line_error(lambda: train(ref, min_cells_per_type=5), "fewer than 5 cells: .*pass small_types='drop'")
+    dup = ref.copy()
+    dup.var_names = [dup.var_names[0]] + list(dup.var_names[1:-1]) + [dup.var_names[0]]
+    _one_line_error(lambda: train(dup, small_types="drop"), "duplicated gene names")
+    _one_line_error(lambda: train(ad.AnnData(np.zeros((0, 3))), small_types="drop"), "empty")
+    _one_line_error(lambda: train([[1, 2]]), "expected an AnnData")
+
+
+@pytest.fixture()
+def saved(model, tmp_path):
+    return model.save_pretrained(tmp_path / "ref")
+
+
+def test_save_refuses_to_overwrite_without_force(model, saved):
+    _one_line_error(lambda: model.save_pretrained(saved), "force")
+    model.save_pretrained(saved, force=True)
+    ih.ItClust.from_pretrained(saved)
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda p: (p / "genes.json").unlink(), "lacks genes.json"),
+    (lambda p: (p / "model.safetensors").write_bytes((p / "model.safetensors").read_bytes()[:1000]), "checksum"),
+    (lambda p: (p / "config.json").write_text("{not json"), "not valid JSON"),
+    (lambda p: _edit_config(p, lambda c: c["architecture"].update(n_genes=c["architecture"]["n_genes"] + 1)), "shape"),
+    (lambda p: _edit_config(p, lambda c: c["architecture"].update(n_types=3)), "shape"),
+    (lambda p: _edit_config(p, lambda c: c.update(format_version=99)), "format version 99"),
+    (lambda p: _rewrite_json(p, "genes.json", lambda g: g["symbols"].pop()), "checksum"),
+])
+def test_damaged_reference_folders_are_refused(saved, damage, match):
+    damage(saved)
+    _one_line_error(lambda: ih.ItClust.from_pretrained(saved), match)
+
+
+def test_wrong_gene_count_with_matching_checksum_is_refused(saved):
+    from itclust_hub._artifact import sha256
+
+    _rewrite_json(saved, "genes.json", lambda g: g["symbols"].pop())
+    _edit_config(saved, lambda c: c["files"].update({"genes.json": sha256(saved / "genes.json")}))
+    _one_line_error(lambda: ih.ItClust.from_pretrained(saved), "genes.json lists")
+
+
+def _edit_config(folder, change):
+    _rewrite_json(folder, "config.json", change)
+
+
+def _rewrite_json(folder, name, change):
+    obj = json.loads((folder / name).read_text())
+    change(obj)
+    (folder / name).write_text(json.dumps(obj))
