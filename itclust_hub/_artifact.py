@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ._errors import ItClustError
-from ._format import FORMAT_VERSION
+from ._format import check_format
 
 CHECKED_FILES = ("model.safetensors", "genes.json", "labels.json")
 REFERENCE_FILES = ("config.json", *CHECKED_FILES, "README.md")
@@ -92,15 +92,7 @@ def read_reference(folder) -> tuple[dict, dict[str, torch.Tensor], dict, dict]:
     missing = [name for name in REFERENCE_FILES[:-1] if not (folder / name).is_file()]
     if missing:
         raise ItClustError(f"{folder} lacks {', '.join(missing)}; re-download or re-save the reference")
-    config = _read_json(folder / "config.json")
-    version = config.get("format_version")
-    if not isinstance(version, int):
-        raise ItClustError(f"{folder / 'config.json'} has no integer format_version; the reference is damaged")
-    if version > FORMAT_VERSION:
-        raise ItClustError(
-            f"this reference needs format version {version} but this itclust-hub reads up to {FORMAT_VERSION}; "
-            "run pip install -U itclust-hub"
-        )
+    config = check_format(folder, str(folder))
     for name in CHECKED_FILES:
         want = config.get("files", {}).get(name)
         if want is None or sha256(folder / name) != want:
