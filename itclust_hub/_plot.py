@@ -1,0 +1,382 @@
+"""Figures of a transfer: UMAP of the fine-tuned embedding, per-cluster confidence, reference marker
+genes in the query, and a confusion heatmap against the query's own labels.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (no global state, no
+display needed); save it with ``fig.savefig(path)``. Each figure carries its own title, axis labels and
+legend so it can be read alone.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps, patheffects
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex, to_rgba
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from ._errors import ItClustError
+from ._result import UNASSIGNED
+
+UNASSIGNED_COLOR = "#b0b0b0"
+NOVEL_COLOR = "#c0392b"
+NOVEL_ALPHA = 0.4
+CONFIDENCE_COLOR = "#1f4e79"
+SIMILARITY_COLOR = "#e08a1e"
+
+
+def _palette() -> list[str]:
+    """Distinct colours for cell types: tab20's saturated half first (faded colours must stay visible),
+    without its reds and greys, which mean novel and Unassigned here; then tab20b and tab20c."""
+    tab20 = [c for i, c in enumerate(colormaps["tab20"].colors) if i not in (6, 7, 14, 15)]
+    colors = tab20[0::2] + tab20[1::2] + list(colormaps["tab20b"].colors) + list(colormaps["tab20c"].colors)
+    return [to_hex(c) for c in colors]
+
+
+def type_colors(cell_types) -> dict[str, str]:
+    """One colour per reference cell type (in reference order), grey for ``"Unassigned"``."""
+    palette = _palette()
+    colors = {t: palette[i % len(palette)] for i, t in enumerate(cell_types)}
+    colors[UNASSIGNED] = UNASSIGNED_COLOR
+    return colors
+
+
+def _label_order(result, labels) -> list[str]:
+    """Labels in reference order, ``"Unassigned"`` last; only those present in ``labels``."""
+    present = set(labels)
+    order = [t for t in result.probabilities.columns if t in present]
+    return order + [t for t in sorted(present - set(order)) if t != UNASSIGNED] + (
+        [UNASSIGNED] if UNASSIGNED in present else [])
+
+
+def _title(result) -> str:
+    """First title line of every figure: reference, cells, clusters and how many are novel."""
+    ref = result.provenance.get("reference", "reference")
+    novel = result.obs["novel"].to_numpy()
+    return (f"{ref} \u2192 query: {len(result.obs):,} cells, {len(result.clusters)} clusters, "
+            f"{int(result.clusters['novel'].sum())} novel ({novel.mean():.0%} of cells Unassigned)")
+
+
+def _suptitle(fig: Figure, *lines: str, fontsize: float = 12) -> None:
+    """A figure title of ``lines``, each wrapped to the figure's width."""
+    chars = max(30, int(fig.get_figwidth() * 72 / (fontsize * 0.6)))
+    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in lines), fontsize=fontsize)
+
+
+def umap_coordinates(embedding: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Two-dimensional UMAP (umap-learn) of the fine-tuned embedding, deterministic for a seed."""
+    import umap
+
+    n = len(embedding)
+    if n < 4:
+        raise ItClustError(f"a UMAP needs at least 4 cells, the result has {n}")
+    reducer = umap.UMAP(n_neighbors=min(15, n - 1), min_dist=0.3, random_state=seed, n_jobs=1)
+    return reducer.fit_transform(np.asarray(embedding, dtype=np.float32))
+
+
+def _groups(result) -> tuple[pd.Series, list[str], dict[str, str]]:
+    """Each cell's group: its label, or ``"Unassigned (nearest: T)"`` in a novel cluster grown from T.
+
+    Returns the per-cell groups, the groups in reference order (novel ones last) and group -> nearest type.
+    """
+    obs = result.obs
+    nearest = obs["nearest_label"].astype(str)
+    group = obs["label"].astype(str).where(~obs["novel"].to_numpy(bool), UNASSIGNED + " (nearest: " + nearest + ")")
+    rank = {t: i for i, t in enumerate(result.probabilities.columns)}
+    frame = pd.DataFrame({"group": group, "nearest": nearest, "novel": obs["novel"].to_numpy(bool)})
+    frame = frame.drop_duplicates("group").assign(rank=lambda f: f["nearest"].map(rank))
+    return group, frame.sort_values(["novel", "rank"])["group"].tolist(), dict(zip(frame["group"], frame["nearest"]))
+
+
+def plot_umap(result, *, coords: np.ndarray | None = None, seed: int = 0) -> Figure:
+    """UMAP of ``result.embedding``: left coloured by predicted label, right by cluster confidence.
+
+    Cells of novel clusters (``"Unassigned"``) keep the faded colour of the type their cluster grew
+    from and are drawn as crosses in the confidence panel. ``coords`` reuses precomputed 2-D
+    coordinates (cells x 2) instead of running UMAP.
+    """
+    coords = umap_coordinates(result.embedding, seed) if coords is None else np.asarray(coords)
+    obs = result.obs
+    novel = obs["novel"].to_numpy(bool)
+    colors = type_colors(result.probabilities.columns)
+    size = float(np.clip(40000 / len(obs), 1.5, 25))
+    fig = Figure(figsize=(15, 6.5), layout="constrained")
+    ax_label, ax_conf = fig.subplots(1, 2)
+    group, order, nearest = _groups(result)
+    counts = group.value_counts()
+    handles, tags = [], []
+    for name in order:
+        mask = (group == name).to_numpy()
+        faded = name not in colors
+        color, alpha = colors[nearest[name]], NOVEL_ALPHA if faded else 1
+        ax_label.scatter(coords[mask, 0], coords[mask, 1], s=size, c=color, alpha=alpha, linewidths=0, rasterized=True,
+                         zorder=1 if faded else 2)
+        handles.append(Line2D([], [], marker="o", linestyle="", color=color, alpha=alpha, markersize=7,
+                              label=f"{name} ({counts[name]:,})"))
+        tags.append((*np.median(coords[mask], axis=0), f"{nearest[name]}?" if faded else name,
+                     NOVEL_COLOR if faded else "black", counts[name]))
+    legend = ax_label.legend(handles=handles, title="predicted label (cells)", loc="center left",
+                             bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8, title_fontsize=9,
+                             ncols=1 if len(handles) <= 18 else 2)
+    for text, name in zip(legend.get_texts(), order):
+        if name not in colors:
+            text.set_color(NOVEL_COLOR)
+    ax_label.set_title("Predicted label\n(faded, red \"type?\": novel cluster, labelled Unassigned)", fontsize=11)
+    confidence = obs["cluster_confidence"].to_numpy()
+    for mask, marker in ((~novel, "o"), (novel, "x")):
+        points = ax_conf.scatter(coords[mask, 0], coords[mask, 1], s=size * (1.6 if marker == "x" else 1),
+                                 c=confidence[mask], cmap="RdYlBu", vmin=0, vmax=1, marker=marker,
+                                 linewidths=0 if marker == "o" else 0.8, rasterized=True)
+    bar = fig.colorbar(points, ax=ax_conf, shrink=0.8, label="cluster confidence (share of cells kept)")
+    threshold = result.provenance.get("settings", {}).get("min_confidence")
+    if threshold is not None:
+        bar.ax.axhline(threshold, color="black", linewidth=1.5)
+    ax_conf.legend([Line2D([], [], marker=m, linestyle="", color="#444444", markersize=6) for m in ("o", "x")],
+                   ["assigned cluster", "novel cluster (Unassigned)"], loc="upper center", bbox_to_anchor=(0.5, -0.06),
+                   ncols=2, frameon=False, fontsize=8)
+    title = "Cluster confidence\n(red: few cells kept since fine-tuning began"
+    ax_conf.set_title(title + (f"; novel below {threshold:g})" if threshold is not None else ")"), fontsize=11)
+    for ax in (ax_label, ax_conf):
+        ax.margins(0.08)
+        ax.set_xlabel("UMAP 1")
+        ax.set_ylabel("UMAP 2")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _suptitle(fig, _title(result), "UMAP of the fine-tuned ItClust embedding")
+    _place_labels(fig, ax_label, tags)
+    return fig
+
+
+def _place_labels(fig: Figure, ax, tags) -> None:
+    """Write ``(x, y, text, colour, weight)`` labels on ``ax``, heaviest first, each moved up or down
+    from its point until it overlaps no label placed before it."""
+    FigureCanvasAgg(fig)  # a renderer to measure the text with
+    fig.draw_without_rendering()  # runs the layout, so axes have their final size
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for x, y, text, color, _ in sorted(tags, key=lambda tag: -tag[4]):
+        label = ax.text(x, y, text, fontsize=8, ha="center", va="center", zorder=3, color=color,
+                        path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")])
+        anchor = ax.transData.transform((x, y))
+        box = label.get_window_extent(renderer)
+        for step in range(1, 40):
+            if not any(box.overlaps(other) for other in placed):
+                break
+            shift = box.height * 1.05 * ((step + 1) // 2) * (1 if step % 2 else -1)
+            label.set_position(ax.transData.inverted().transform(anchor + (0, shift)))
+            box = label.get_window_extent(renderer)
+        placed.append(box)
+
+
+def plot_confidence(result) -> Figure:
+    """Per-cluster chart, largest first: size, and confidence and similarity against their thresholds.
+
+    Novel clusters (labelled ``"Unassigned"``) are named in red.
+    """
+    clusters = result.clusters.sort_values("size", ascending=False)
+    settings = result.provenance.get("settings", {})
+    colors = type_colors(result.probabilities.columns)
+    n = len(clusters)
+    y = np.arange(n)
+    fig = Figure(figsize=(12, 2.2 + 0.42 * n), layout="constrained")
+    ax_size, ax_score = fig.subplots(1, 2, sharey=True, width_ratios=[1, 1.6])
+    ax_size.barh(y, clusters["size"], color=[to_rgba(colors[t], NOVEL_ALPHA if nov else 1)
+                                             for t, nov in zip(clusters["nearest_label"], clusters["novel"])])
+    total = clusters["size"].sum()
+    for yi, size in zip(y, clusters["size"]):
+        ax_size.text(size, yi, f" {size:,} ({size / total:.0%})", va="center", fontsize=8)
+    ax_size.set_xlim(0, clusters["size"].max() * 1.45)
+    ax_size.set_xlabel("cells in cluster")
+    ax_size.set_title("Cluster size")
+    ax_size.set_yticks(y, [f"{k} \u2192 {t}" + ("  NOVEL" if nov else "")
+                           for k, t, nov in zip(clusters.index, clusters["nearest_label"], clusters["novel"])])
+    for tick, novel in zip(ax_size.get_yticklabels(), clusters["novel"]):
+        if novel:
+            tick.set_color(NOVEL_COLOR)
+            tick.set_fontweight("bold")
+    ax_size.set_ylabel("target cluster \u2192 nearest reference type")
+    ax_size.invert_yaxis()
+    height = 0.38
+    ax_score.barh(y - height / 2, clusters["confidence"], height, color=CONFIDENCE_COLOR,
+                  label="confidence (share of cells kept)")
+    ax_score.barh(y + height / 2, clusters["similarity"], height, color=SIMILARITY_COLOR,
+                  label="similarity (correlation with reference type)")
+    low = {}
+    for key, column, color, name in (("min_confidence", "confidence", CONFIDENCE_COLOR, "confidence"),
+                                     ("min_similarity", "similarity", SIMILARITY_COLOR, "similarity")):
+        if key in settings:
+            ax_score.axvline(settings[key], color=color, linestyle="--", linewidth=1.4,
+                             label=f"novel if {name} < {settings[key]:g}")
+            low[name] = clusters[column].to_numpy() < settings[key]
+    for i, novel in enumerate(clusters["novel"]):
+        if novel:
+            ax_score.axhspan(i - 0.5, i + 0.5, color=NOVEL_COLOR, alpha=0.1, linewidth=0)
+            reasons = " + ".join(name for name, flags in low.items() if flags[i]) or "threshold"
+            ax_score.text(1.01, i, f"low {reasons}", transform=ax_score.get_yaxis_transform(), va="center",
+                          fontsize=8, color=NOVEL_COLOR)
+    ax_score.set_xlim(min(-0.05, float(clusters["similarity"].min()) - 0.05), 1.02)
+    ax_score.set_xlabel("score")
+    ax_score.set_title("Confidence and similarity (novel clusters shaded red)")
+    fig.legend(*ax_score.get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False, fontsize=9)
+    _suptitle(fig, _title(result), "Per-cluster confidence")
+    return fig
+
+
+def marker_genes(type_profiles: np.ndarray, cell_types, types, n_genes: int = 3,
+                 present: np.ndarray | None = None) -> dict[str, list[int]]:
+    """Top ``n_genes`` reference genes per type in ``types``: profile minus the mean of the other types.
+
+    Only genes higher in the type than in the others on average, and where ``present`` is true (the
+    query measures them), are chosen, each gene at most once.
+    Returns type -> gene positions (columns of ``type_profiles``).
+    """
+    profiles = np.asarray(type_profiles, dtype=float)
+    index = {t: i for i, t in enumerate(cell_types)}
+    usable = np.ones(profiles.shape[1], bool) if present is None else np.asarray(present, bool).copy()
+    chosen = {}
+    for t in types:
+        i = index[t]
+        others = np.delete(profiles, i, axis=0)
+        score = profiles[i] - (others.mean(axis=0) if len(others) else 0.0)
+        score = np.where(usable & (score > 0), score, -np.inf)
+        top = [g for g in np.argsort(-score, kind="stable")[:n_genes] if np.isfinite(score[g])]
+        usable[top] = False
+        chosen[t] = top
+    return chosen
+
+
+def _group_stats(X, groups: np.ndarray, order: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean expression and fraction of expressing cells per group (rows) and column of ``X``."""
+    mean = np.zeros((len(order), X.shape[1]))
+    frac = np.zeros_like(mean)
+    for r, group in enumerate(order):
+        rows = X[np.flatnonzero(groups == group)]
+        mean[r] = np.asarray(rows.mean(axis=0)).ravel()
+        frac[r] = np.asarray((rows > 0).mean(axis=0)).ravel()
+    return mean, frac
+
+
+def query_expression(result, adata, model, *, layer: str | None = None, use_raw: bool = False, orthologs=None):
+    """The query's log-normalised expression on the reference genes (CSR, cells x ``model.genes``) and
+    the mask of reference genes it measures, aligned exactly as the transfer did (same gene column,
+    input type and organism, from ``result.provenance``)."""
+    from ._query import prepare_query
+
+    if adata.n_obs != len(result.obs) or not (adata.obs_names == result.obs.index).all():
+        raise ItClustError("the AnnData's cells differ from the annotated ones; pass the AnnData you transferred")
+    prov = result.provenance
+    source = prov.get("genes", {}).get("source", "var_names")
+    prepared = prepare_query(
+        adata, genes=model.genes, gene_ids=model.gene_ids, organism=model.organism, recipe=model.recipe,
+        input_type=prov.get("input_type", "auto"), gene_key=None if source == "var_names" else source,
+        layer=layer, use_raw=use_raw, query_organism=prov.get("query_organism"), orthologs=orthologs, min_overlap=0.0,
+    )
+    return prepared.data.X, prepared.alignment.present
+
+
+def plot_markers(result, adata, model, *, n_genes: int = 3, layer: str | None = None, use_raw: bool = False,
+                 orthologs=None) -> Figure:
+    """Dot plot of the reference's marker genes per predicted label, in the query's own expression.
+
+    Markers are the reference's top ``n_genes`` genes per type (mean scaled expression minus that of the
+    other types), for the types the query's clusters grew from, among genes the query measures. Rows
+    are the predicted labels; dot size is the share of cells expressing the gene, colour its mean
+    log-normalised expression. ``layer``, ``use_raw`` and ``orthologs`` must be those of the transfer.
+    """
+    expression, present = query_expression(result, adata, model, layer=layer, use_raw=use_raw, orthologs=orthologs)
+    types = [t for t in model.cell_types if t in set(result.clusters["nearest_label"])]
+    markers = marker_genes(model.type_profiles.numpy(), model.cell_types, types, n_genes, present)
+    return _dotplot(result, expression, model.genes, markers, model.organism)
+
+
+def _dotplot(result, expression, genes: list[str], markers: dict[str, list[int]], organism: str) -> Figure:
+    """Draw the dot plot: a row per predicted label (novel clusters apart, by nearest type), columns the
+    ``markers`` positions in ``genes``."""
+    columns = [g for t in markers for g in markers[t]]
+    if not columns:
+        raise ItClustError("no marker gene of the predicted types is measured in the query; nothing to plot")
+    group, rows, _ = _groups(result)
+    mean, frac = _group_stats(expression[:, columns], group.to_numpy(), rows)
+    counts = group.value_counts()
+    fig = Figure(figsize=(max(8.0, 4.5 + 0.3 * len(columns)), 3.6 + 0.34 * len(rows)), layout="constrained")
+    ax = fig.subplots()
+    yy, xx = np.meshgrid(np.arange(len(rows)), np.arange(len(columns)), indexing="ij")
+    dots = ax.scatter(xx.ravel(), yy.ravel(), s=frac.ravel() * 220, c=mean.ravel(), cmap="Reds",
+                      vmin=0, vmax=max(float(mean.max()), 1e-6), edgecolors="#555555", linewidths=0.4)
+    ax.set_xticks(np.arange(len(columns)), [genes[g] for g in columns], rotation=90, fontsize=8)
+    ax.set_yticks(np.arange(len(rows)), [f"{r} ({counts[r]:,})" for r in rows], fontsize=9)
+    for tick in ax.get_yticklabels():
+        if tick.get_text().startswith(UNASSIGNED):
+            tick.set_color(NOVEL_COLOR)
+    ax.set_xlim(-0.6, len(columns) - 0.4)
+    ax.set_ylim(len(rows) - 0.4, -0.6)
+    above = ax.get_xaxis_transform()  # x in data, y in axes fractions
+    start = 0
+    for t, picked in markers.items():
+        if not picked:
+            continue
+        end = start + len(picked)
+        if start:
+            ax.axvline(start - 0.5, color="#dddddd", linewidth=0.8, zorder=0)
+        ax.plot([start - 0.3, end - 0.7], [1.015, 1.015], color="black", linewidth=1, transform=above, clip_on=False)
+        ax.text((start + end - 1) / 2, 1.03, t, transform=above, ha="left", va="bottom", fontsize=8, rotation=30,
+                rotation_mode="anchor")
+        start = end
+    ax.set_xlabel(f"reference marker genes ({organism} symbols), grouped by the reference type they mark")
+    ax.set_ylabel("predicted label in the query (cells)")
+    fig.colorbar(dots, ax=ax, shrink=0.6, aspect=15, label="mean log-normalised expression")
+    sizes = [0.25, 0.5, 0.75, 1.0]
+    ax.legend([Line2D([], [], marker="o", linestyle="", markersize=np.sqrt(f * 220), color="#999999") for f in sizes],
+              [f"{f:.0%}" for f in sizes], title="cells expressing", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              frameon=False, fontsize=8, title_fontsize=9, labelspacing=1.2)
+    _suptitle(fig, _title(result), "Reference marker genes in the query: a matching query shows large dark dots "
+              "where a row's label marks the genes")
+    return fig
+
+
+def agreement(result, truth: pd.Series) -> float:
+    """Share of cells whose predicted label equals their own label (case-insensitive), among cells whose
+    own label names a reference type; NaN when none does."""
+    truth = pd.Series(truth, index=result.obs.index).astype(str).str.lower()
+    known = truth.isin({t.lower() for t in result.probabilities.columns})
+    same = truth == result.labels.astype(str).str.lower()
+    return float(same[known].mean()) if known.any() else float("nan")
+
+
+def plot_confusion(result, truth: pd.Series, *, truth_key: str = "query label") -> Figure:
+    """Heatmap of the query's own labels (rows) against predicted labels (columns), row-normalised.
+
+    Cells show the number of cells; the title gives the agreement on cells whose own label names a
+    reference type (compared case-insensitively).
+    """
+    truth = pd.Series(truth, index=result.obs.index).astype(str)
+    predicted = result.obs["label"].astype(str)
+    table = pd.crosstab(truth, predicted)
+    cols = _label_order(result, table.columns)
+    matched = [r for c in cols for r in table.index if r.lower() == c.lower()]
+    rows = matched + sorted((r for r in table.index if r not in matched), key=lambda r: -table.loc[r].sum())
+    table = table.loc[rows, cols]
+    share = table.to_numpy() / table.to_numpy().sum(axis=1, keepdims=True)
+    n_known = int(truth.str.lower().isin({t.lower() for t in result.probabilities.columns}).sum())
+    fig = Figure(figsize=(max(8.0, 3.5 + 0.55 * len(cols)), 2.8 + 0.42 * len(rows)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for (i, j), count in np.ndenumerate(table.to_numpy()):
+        if count:
+            ax.text(j, i, f"{count}", ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] > 0.6 else "black")
+    ax.set_xticks(np.arange(len(cols)), cols, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(np.arange(len(rows)), [f"{r} ({table.loc[r].sum():,})" for r in rows])
+    for tick in ax.get_xticklabels():
+        if tick.get_text() == UNASSIGNED:
+            tick.set_color(NOVEL_COLOR)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel(f"query's own label, {truth_key} (cells)")
+    fig.colorbar(image, ax=ax, shrink=0.7, label="share of the row's cells")
+    _suptitle(fig, f"{result.provenance.get('reference', 'reference')}: predicted vs {truth_key}",
+              f"agreement {agreement(result, truth):.1%} on the {n_known:,} cells whose own label is a reference type; "
+              f"{(predicted == UNASSIGNED).mean():.0%} of cells Unassigned")
+    return fig

@@ -1,0 +1,380 @@
+"""The ``itclust-hub`` command line: list, inspect, download and cache references, annotate a query
+file, train, validate and publish a reference.
+
+Bad input ends with exit status 1 (2 for a bad command line) and one line ``Error: ...`` on stderr;
+``itclust-hub --debug ...`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from ._errors import ItClustError
+
+INPUT_TYPES = ("auto", "counts", "lognorm", "tpm")
+TABLE_FILES = ("labels.csv", "probabilities.csv", "clusters.csv")  # what TransferResult.write_tables writes
+_DESCRIPTION_WIDTH = 48
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
+class _OneLineErrors(click.Group):
+    """A click group that reports every failure in one ``Error:`` line unless ``--debug`` is given."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except ItClustError as err:
+            if ctx.find_root().params.get("debug"):
+                raise
+            raise click.ClickException(_first_line(err)) from None
+        except Exception as err:  # an unexpected failure: still one line, the traceback behind --debug
+            if ctx.find_root().params.get("debug"):
+                raise
+            raise click.ClickException(
+                f"{type(err).__name__}: {_first_line(err)} (run `itclust-hub --debug ...` for the traceback)") from None
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Run the CLI; click's own errors (usage, missing files) are also printed as one line."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as err:
+            where = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
+            click.echo(f"Error: {err.format_message()}{where}", err=True)
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            click.echo(f"Error: {err.format_message()}", err=True)
+            sys.exit(err.exit_code)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+
+
+def _progress(no_progress: bool) -> bool | None:
+    """``--no-progress`` turns bars off; otherwise they show only on a terminal."""
+    return False if no_progress else None
+
+
+def _human_size(n_bytes) -> str:
+    size, unit = float(n_bytes or 0), "B"
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024:
+            break
+        size /= 1024
+    return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
+def _print_table(frame: pd.DataFrame) -> None:
+    click.echo(frame.astype(object).where(frame.notna(), "-").to_string(index=False))
+
+
+@click.group("itclust-hub", cls=_OneLineErrors,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="itclust-hub", prog_name="itclust-hub")
+@click.option("--debug", is_flag=True, help="Show the full traceback when something fails.")
+def main(debug: bool) -> None:
+    """Pretrained ItClust references for single-cell RNA-seq: annotate a query with a reference
+    (`transfer`), find references (`list`, `info`, `download`, `cache`) and contribute your own
+    (`train`, `validate`, `push`)."""
+
+
+@main.command("list")
+@click.option("--organism", help="Only references of this organism (e.g. human).")
+@click.option("--tissue", help="Only references of this tissue (e.g. pancreas).")
+@click.option("--name", "name_pattern", metavar="PATTERN",
+              help="Only names matching this wildcard (e.g. 'pancreas-*').")
+@click.option("--refresh", is_flag=True, help="Fetch the newest index from the Hub first.")
+@click.option("--community", is_flag=True,
+              help="Add Hub repos tagged itclust-hub that the index does not list (unverified).")
+def list_command(organism, tissue, name_pattern, refresh, community) -> None:
+    """List the available references."""
+    from ._registry import list_references
+
+    table = list_references(organism=organism, tissue=tissue, name=name_pattern, refresh=refresh,
+                            include_community=community)
+    if table.empty:
+        click.echo("No reference matches; run `itclust-hub list` without filters to see them all.")
+        return
+    shown = table[["name", "organism", "tissue", "n_cells", "n_cell_types", "n_genes", "version", "cached",
+                   "description"]].copy()
+    shown["cached"] = shown["cached"].map({True: "yes", False: "no"})
+    shown["description"] = shown["description"].map(
+        lambda d: d if not isinstance(d, str) or len(d) <= _DESCRIPTION_WIDTH else d[: _DESCRIPTION_WIDTH - 3] + "...")
+    _print_table(shown.rename(columns={"n_cells": "cells", "n_cell_types": "types", "n_genes": "genes"}))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--revision", help="Branch, tag or commit (like NAME@REVISION).")
+@click.option("--no-card", is_flag=True, help="Print the metadata only, not the model card.")
+def info(name, revision, no_card) -> None:
+    """Show a reference's metadata and model card (NAME: registry name, org/repo[@rev], folder or URL).
+
+    The reference is downloaded into the cache if it is not there yet.
+    """
+    from ._model import ItClust
+
+    model = ItClust.from_pretrained(name, revision=revision)
+    config, source = model.config, model.source
+    rows = [
+        ("name", model.name), ("version", config.get("version")), ("organism", model.organism),
+        ("tissue", config.get("tissue")), ("cells", config.get("n_cells")), ("genes", len(model.genes)),
+        ("cell types", f"{len(model.cell_types)}: " + ", ".join(
+            f"{t} ({n})" for t, n in zip(model.cell_types, model.type_counts))),
+        ("encoder", config["architecture"]["hidden_dims"]), ("format version", config.get("format_version")),
+        ("source", source.get("source")), ("repo", source.get("repo_id")), ("revision", source.get("revision")),
+        ("path", source.get("path")),
+    ]
+    rows += [(key, value) for key, value in config.get("metadata", {}).items() if isinstance(value, str)]
+    for key, value in rows:
+        if value is not None:
+            click.echo(f"{key + ':':<16}{value}")
+    card = Path(source["path"]) / "README.md"
+    if not no_card and card.is_file():
+        click.echo("")
+        click.echo(_card_body(card.read_text()))
+
+
+def _card_body(text: str) -> str:
+    """A model card without its YAML front matter."""
+    if text.startswith("---"):
+        end = text.find("\n---", 3)
+        if end != -1:
+            text = text[end + 4 :]
+    return text.strip()
+
+
+@main.command()
+@click.argument("name")
+@click.option("--revision", help="Branch, tag or commit (like NAME@REVISION).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Hub cache folder (default: HF_HOME's).")
+def download(name, revision, cache_dir) -> None:
+    """Download a reference into the cache (for offline use later) and print where it is."""
+    from ._hub import resolve_reference
+
+    resolved = resolve_reference(name, revision=revision, cache_dir=cache_dir)
+    click.echo(f"{resolved.name}: {resolved.path}")
+    click.echo(f"revision: {resolved.revision or 'none (' + resolved.source + ')'}")
+
+
+def _planned_outputs(out: Path, tables: Path | None, report: Path | None, markers: bool, confusion: bool) -> list[Path]:
+    from ._report import report_files
+
+    paths = [out]
+    if tables is not None:
+        paths += [tables / name for name in TABLE_FILES]
+    if report is not None:
+        paths += report_files(report, markers=markers, confusion=confusion)
+    return paths
+
+
+def _write_h5ad(adata, path: Path) -> None:
+    from ._result import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp, compression="gzip")
+
+
+@main.command()
+@click.argument("name")
+@click.argument("query", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Annotated .h5ad to write (the query with itclust_* obs columns, embedding and probabilities).")
+@click.option("--format", "fmt", type=click.Choice(["h5ad", "10x-mtx", "10x-h5", "loom", "text"]),
+              help="Query file format (default: from the file name; a folder is a 10x matrix folder).")
+@click.option("--layer", help="Take expression values from this layer (e.g. counts).")
+@click.option("--use-raw", is_flag=True, help="Take expression values from .raw.")
+@click.option("--gene-key", help="var column holding gene symbols or Ensembl IDs (default: the best match).")
+@click.option("--input-type", type=click.Choice(INPUT_TYPES), default="auto", show_default=True,
+              help="What the values are; auto detects raw counts, log-normalised values or TPM.")
+@click.option("--query-organism", help="Organism of the query when it differs from the reference's (e.g. mouse).")
+@click.option("--orthologs", type=click.Path(dir_okay=False), help="CSV ortholog table, one column per organism.")
+@click.option("--revision", help="Reference branch, tag or commit (like NAME@REVISION).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the fine-tuning.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
+@click.option("--tables", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write labels.csv, probabilities.csv and clusters.csv into this folder.")
+@click.option("--report", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write figures (PNG) and summary.md into this folder.")
+@click.option("--truth-key", help="obs column with the query's own labels: adds a confusion heatmap to the report.")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (bars show only on a terminal anyway).")
+def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_organism, orthologs, revision,
+             seed, device, tables, report, truth_key, force, no_progress) -> None:
+    """Annotate QUERY with reference NAME and write the annotated OUT.h5ad.
+
+    NAME is a registry name (see `itclust-hub list`), org/repo[@rev], a reference folder or a URL.
+    QUERY is an .h5ad, 10x folder or .h5, .loom, or .csv/.tsv/.txt matrix. Nothing is overwritten
+    without --force.
+    """
+    from ._io import read_query
+    from ._model import ItClust
+    from ._report import gene_overlap_text, input_type_text, label_counts, refuse_overwrite, warnings
+
+    if out.suffix != ".h5ad":
+        raise ItClustError(f"-o {out} must end in .h5ad")
+    if truth_key is not None and report is None:
+        raise ItClustError("--truth-key draws a confusion heatmap in the report; add --report DIR")
+    outputs = _planned_outputs(out, tables, report, markers=True, confusion=truth_key is not None)
+    refuse_overwrite(outputs, force)
+    model = ItClust.from_pretrained(name, revision=revision)
+    adata = read_query(query, format=fmt)
+    if truth_key is not None and truth_key not in adata.obs.columns:
+        raise ItClustError(f"--truth-key {truth_key!r} is not an obs column of {query} "
+                           f"(have {', '.join(map(str, adata.obs.columns)) or 'none'})")
+    result = model.transfer(adata, gene_key=gene_key, layer=layer, use_raw=use_raw, input_type=input_type,
+                            query_organism=query_organism, orthologs=orthologs, seed=seed, device=device,
+                            progress=_progress(no_progress))
+    written = []
+    if tables is not None:
+        written += result.write_tables(tables, force=force)
+    if report is not None:
+        written += result.report(report, adata=adata, model=model, truth_key=truth_key, force=force, layer=layer,
+                                 use_raw=use_raw, orthologs=orthologs, seed=seed)
+    _write_h5ad(result.to_adata(adata, copy=False), out)
+    written.insert(0, out)
+
+    prov = result.provenance
+    revision_text = f" (revision {prov['revision'][:12]})" if prov.get("revision") else ""
+    counts = label_counts(result)
+    novel = result.clusters[result.clusters["novel"]]
+    click.echo(f"Annotated {len(result.obs):,} cells with {prov.get('reference')}{revision_text}")
+    click.echo(f"Genes: {gene_overlap_text(prov)}")
+    click.echo(f"Input type assumed: {input_type_text(prov)}")
+    click.echo("Labels: " + ", ".join(f"{label} {n:,}" for label, n in counts["cells"].items()))
+    click.echo(f"Novel clusters: {len(novel)} of {len(result.clusters)}"
+               + (f" ({novel['size'].sum():,} cells labelled Unassigned; nearest: "
+                  + ", ".join(novel["nearest_label"].astype(str)) + ")" if len(novel) else ""))
+    click.echo("Wrote: " + ", ".join(str(p) for p in written))
+    for warning in warnings(result):
+        click.echo(f"Warning: {warning}", err=True)
+
+
+@main.command()
+@click.argument("atlas", type=click.Path(path_type=Path))
+@click.option("--label-key", required=True, help="obs column with the cell-type labels.")
+@click.option("--name", required=True, help="Reference name (letters, digits, '-', '_', '.'), e.g. pancreas-human.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Reference folder to write.")
+@click.option("--organism", default="human", show_default=True, help="Organism of the atlas.")
+@click.option("--tissue", default="unknown", show_default=True, help="Tissue of the atlas.")
+@click.option("--format", "fmt", type=click.Choice(["h5ad", "10x-mtx", "10x-h5", "loom", "text"]),
+              help="Atlas file format (default: from the file name).")
+@click.option("--layer", help="Take expression values from this layer (e.g. counts).")
+@click.option("--use-raw", is_flag=True, help="Take expression values from .raw.")
+@click.option("--small-types", type=click.Choice(["error", "drop"]), default="error", show_default=True,
+              help="What to do with cell types of too few cells: refuse, or drop them.")
+@click.option("--description", help="One-line description for the model card.")
+@click.option("--license", "license_", help="License of the reference (e.g. cc-by-4.0).")
+@click.option("--citation", help="Citation of the atlas for the model card.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the training.")
+@click.option("--pretrain-epochs", type=click.IntRange(min=1),
+              help="Autoencoder epochs per stage (default: the library's).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Most supervised epochs (default: the library's).")
+@click.option("--force", is_flag=True, help="Overwrite an existing, non-empty output folder.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (bars show only on a terminal anyway).")
+def train(atlas, label_key, name, out, organism, tissue, fmt, layer, use_raw, small_types, description, license_,
+          citation, seed, pretrain_epochs, epochs, force, no_progress) -> None:
+    """Train a reference on a labelled ATLAS (raw counts preferred) and save it to OUTPUT."""
+    from ._io import read_query
+    from ._registry import is_reference_name
+    from ._train import train_reference
+
+    if not is_reference_name(name):
+        raise ItClustError(f"--name {name!r} is not a valid reference name (letters, digits, '-', '_', '.')")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ItClustError(f"{out} already exists and is not empty; pass --force to overwrite")
+    adata = read_query(atlas, format=fmt, layer=layer, use_raw=use_raw)
+    if label_key not in adata.obs.columns:
+        raise ItClustError(f"--label-key {label_key!r} is not an obs column of {atlas} "
+                           f"(have {', '.join(map(str, adata.obs.columns)) or 'none'})")
+    metadata = {k: v for k, v in {"description": description, "license": license_, "citation": citation}.items() if v}
+    options = {k: v for k, v in {"pretrain_epochs": pretrain_epochs, "epochs": epochs}.items() if v is not None}
+    model = train_reference(adata, label_key, name, organism=organism, tissue=tissue, small_types=small_types,
+                            seed=seed, progress=_progress(no_progress), metadata=metadata, **options)
+    path = model.save_pretrained(out, force=force)
+    click.echo(f"Trained {model.name}: {model.config['n_cells']:,} cells, {len(model.cell_types)} cell types, "
+               f"{len(model.genes):,} genes, encoder {model.config['architecture']['hidden_dims']}")
+    click.echo(f"Saved to {path}; check it with `itclust-hub validate {path}`")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+def validate(folder) -> None:
+    """Check that FOLDER is a loadable reference: files, checksums, format version, shapes, genes, labels."""
+    from ._artifact import read_reference
+    from ._model import ItClust
+
+    config, tensors, genes, labels = read_reference(folder)
+    model = ItClust(config, tensors, genes, labels)
+    has_card = (Path(folder) / "README.md").is_file()
+    missing_card = "" if has_card else "; README.md (model card) is missing, push needs it"
+    click.echo(f"OK {folder}: {model.name} version {config.get('version')}, {model.organism} {config.get('tissue')}, "
+               f"{len(model.genes):,} genes, {len(model.cell_types)} cell types, encoder "
+               f"{config['architecture']['hidden_dims']}, format version {config['format_version']}{missing_card}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--repo-id", required=True, help="Hub model repo to upload to, ORG/NAME (created if missing).")
+@click.option("--revision", help="Branch to upload to (default: main).")
+@click.option("--index-repo", help="Dataset repo holding the reference index (default: the official one).")
+@click.option("--no-pr", is_flag=True, help="Commit the index entry directly instead of opening a pull request.")
+def push(folder, repo_id, revision, index_repo, no_pr) -> None:
+    """Upload the reference FOLDER to the Hub and propose its entry in the reference index.
+
+    Needs a token with write access: HF_TOKEN or `hf auth login`.
+    """
+    from ._artifact import read_reference
+    from ._hub import push_reference
+
+    read_reference(folder)
+    options = {"index_repo": index_repo} if index_repo else {}
+    pushed = push_reference(folder, repo_id, revision=revision, open_pr=not no_pr, **options)
+    click.echo(f"Pushed {pushed.entry.name} to {pushed.repo_id} at revision {pushed.revision}")
+    click.echo(f"Index entry: {pushed.index_url}")
+
+
+@main.group(cls=_OneLineErrors)
+def cache() -> None:
+    """List or clear the references in the local cache."""
+
+
+@cache.command("ls")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Hub cache folder (default: HF_HOME's).")
+def cache_ls(cache_dir) -> None:
+    """List cached references with revision, size and path."""
+    from ._hub import cached_references
+
+    table = cached_references(cache_dir=cache_dir)
+    if table.empty:
+        click.echo("No cached references.")
+        return
+    total = _human_size(table["size"].sum())
+    table["revision"] = table["revision"].map(lambda r: r[:12] if isinstance(r, str) else r)
+    table["size"] = table["size"].map(_human_size)
+    _print_table(table[["name", "revision", "refs", "size", "source", "path"]])
+    click.echo(f"{len(table)} cached, {total} in all")
+
+
+@cache.command("clear")
+@click.argument("name", required=False)
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Hub cache folder (default: HF_HOME's).")
+def cache_clear(name, cache_dir) -> None:
+    """Delete cached references: all of them, or only NAME (registry name, org/repo[@rev] or URL)."""
+    from ._hub import clear_cache
+
+    freed = clear_cache(name, cache_dir=cache_dir)
+    click.echo(f"Freed {_human_size(freed)}" + (f" ({name})" if name else ""))
