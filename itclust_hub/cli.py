@@ -76,7 +76,11 @@ def _human_size(n_bytes) -> str:
 
 
 def _print_table(frame: pd.DataFrame) -> None:
-    click.echo(frame.astype(object).where(frame.notna(), "-").to_string(index=False))
+    """Print ``frame`` as left-aligned columns, ``-`` for missing values."""
+    cells = frame.astype(object).where(frame.notna(), "-").astype(str)
+    widths = [max(len(str(column)), int(cells[column].str.len().max())) for column in cells.columns]
+    for row in [list(map(str, cells.columns)), *cells.to_numpy().tolist()]:
+        click.echo("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
 
 
 @click.group("itclust-hub", cls=_OneLineErrors,
