@@ -145,6 +145,8 @@ def align_genes(
         if id_type not in ref_keys:
             continue
         lookup = {key: i for i, key in reversed(list(enumerate(ref_keys[id_type]))) if key}
+        if id_type == "symbol":  # R-mangled names such as HLA.DRA stand for HLA-DRA
+            lookup = {key.replace(".", "-"): i for key, i in lookup.items()} | lookup
         pos = pd.Series(ids).map(lookup).fillna(-1).astype(int).to_numpy()
         n_overlap = len(np.unique(pos[pos >= 0]))
         if best is None or n_overlap > best[0]:

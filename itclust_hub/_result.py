@@ -15,6 +15,7 @@ import pandas as pd
 from ._errors import ItClustError
 
 UNASSIGNED = "Unassigned"
+TABLE_FILES = ("labels.csv", "probabilities.csv", "clusters.csv")
 
 
 @dataclass
@@ -79,7 +80,7 @@ class TransferResult:
         adata.obsm[f"{key}_probabilities"] = self.probabilities.to_numpy()
         adata.uns[key] = {
             "cell_types": list(self.probabilities.columns),
-            "clusters": {c: self.clusters[c].to_numpy() for c in self.clusters.columns},
+            "clusters": {c: self.clusters.reset_index()[c].to_numpy() for c in ["cluster", *self.clusters.columns]},
             "provenance": json.dumps(self.provenance),
         }
         return adata
@@ -88,7 +89,7 @@ class TransferResult:
         """Write ``labels.csv`` (per-cell table), ``probabilities.csv`` and ``clusters.csv`` into ``folder``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tables = {"labels.csv": self.obs, "probabilities.csv": self.probabilities, "clusters.csv": self.clusters}
+        tables = dict(zip(TABLE_FILES, (self.obs, self.probabilities, self.clusters)))
         written = []
         for name, frame in tables.items():
             path = folder / name
@@ -151,6 +152,9 @@ class atomic_path:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)

@@ -14,9 +14,9 @@ import click
 import pandas as pd
 
 from ._errors import ItClustError
+from ._result import TABLE_FILES
 
 INPUT_TYPES = ("auto", "counts", "lognorm", "tpm")
-TABLE_FILES = ("labels.csv", "probabilities.csv", "clusters.csv")  # what TransferResult.write_tables writes
 _DESCRIPTION_WIDTH = 48
 
 
