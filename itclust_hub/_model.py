@@ -150,6 +150,9 @@ class ItClust:
         seed: int = 0,
         device: str = "cpu",
         progress: bool | None = None,
+        max_cells_per_iter: int | None = 50_000,
+        memory_budget: int | None = None,
+        spill_dir=None,
     ) -> TransferResult:
         """Annotate ``adata`` by ItClust's target-side iterative fine-tuning; ``adata`` is not modified.
 
@@ -177,26 +180,52 @@ class ItClust:
             A cluster is novel ("Unassigned") when its ItClust confidence is below ``min_confidence`` or
             the correlation of its mean expression with its reference type is below ``min_similarity``.
         seed, device, progress
-            Determinism, torch device, and the progress bar (default: only on a terminal).
+            Determinism, torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...), and the progress bar
+            (default: only on a terminal).
+        max_cells_per_iter
+            Each self-training iteration trains on at most this many cells, drawn at random for the
+            iteration (``None``: all cells); the target distribution, the label changes and the result
+            always use every cell. Queries up to this size are trained on every cell, as ItClust does.
+        memory_budget, spill_dir
+            Bytes the aligned, log-normalised query may take in memory (default 512 MiB); a larger one is
+            written to a temporary folder in ``spill_dir`` (default: the system's) and read back in chunks,
+            so memory is bounded by the chunk size, not the query size. A backed AnnData
+            (``anndata.read_h5ad(path, backed="r")``) is read from disk chunk by chunk.
         """
+        from ._query import ALIGNED_BUDGET_BYTES
+
         if max_iter < 1:
             raise ItClustError(f"max_iter must be at least 1, not {max_iter}")
+        if max_cells_per_iter is not None and max_cells_per_iter < batch_size:
+            raise ItClustError(f"max_cells_per_iter must be at least batch_size ({batch_size}), not {max_cells_per_iter}")
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ItClustError(f"device {device!r} is not a torch device ({err})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ItClustError(f"device {str(device)!r} asked for but torch sees no CUDA GPU; use device='cpu'")
         prepared = prepare_query(
             adata, genes=self.genes, gene_ids=self.gene_ids, organism=self.organism, recipe=self.recipe,
             input_type=input_type, gene_key=gene_key, layer=layer, use_raw=use_raw,
             query_organism=query_organism, orthologs=orthologs, min_overlap=min_overlap,
+            memory_budget=ALIGNED_BUDGET_BYTES if memory_budget is None else int(memory_budget), spill_dir=spill_dir,
         )
-        outcome = fine_tune(
-            self.encoder, self.centroids, prepared.data, tol=tol, max_iter=max_iter,
-            epochs_per_iter=epochs_per_iter, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-        )
+        try:
+            outcome = fine_tune(
+                self.encoder, self.centroids, prepared.data, tol=tol, max_iter=max_iter,
+                epochs_per_iter=epochs_per_iter, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+                max_cells_per_iter=max_cells_per_iter, device=device,
+            )
+        finally:
+            prepared.data.close()
         provenance = {
             "reference": self.name, "reference_version": self.config["version"], **self.source,
             "query_organism": query_organism or self.organism, **prepared.summary(),
             "n_iter": outcome.n_iter, "converged": outcome.converged, "changed": outcome.changed,
             "settings": {"tol": tol, "max_iter": max_iter, "epochs_per_iter": epochs_per_iter,
                          "batch_size": batch_size, "lr": lr, "min_confidence": min_confidence,
-                         "min_similarity": min_similarity, "seed": seed},
+                         "min_similarity": min_similarity, "seed": seed,
+                         "max_cells_per_iter": max_cells_per_iter, "device": str(device)},
         }
         return build_result(outcome, self.cell_types, self.type_profiles.numpy(), prepared.alignment.present,
                             adata.obs_names, min_confidence, min_similarity, provenance)

@@ -8,12 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from ._data import ScaledMatrix
+from ._data import DENSE_BUDGET_BYTES, CSRBuilder, ScaledMatrix
 from ._errors import ItClustError
 from ._genes import GeneAlignment, align_genes, ortholog_map
-from ._preprocess import INPUT_TYPES, Recipe, as_csr, check_values, detect_input_type, gene_mean_std, lognormalize
+from ._preprocess import INPUT_TYPES, Recipe, as_csr, check_values, detect_input_type, lognormalize
 
-CHUNK_CELLS = 20000
+CHUNK_BYTES = 128 * 2**20  # raw nonzeros read at a time (float32 value + int32 index each)
+MIN_CHUNK_CELLS = 64
+ALIGNED_BUDGET_BYTES = 512 * 2**20  # the aligned matrix is spilled to a temporary file above this
+N_DETECT_ROWS = 2000
 
 
 def check_anndata(adata) -> None:
@@ -38,9 +41,47 @@ def _matrix(adata, layer: str | None, use_raw: bool):
     return adata.X, adata.var, adata.var_names
 
 
-def _chunks(X, n_obs: int):
-    for start in range(0, n_obs, CHUNK_CELLS):
-        yield as_csr(X[start : start + CHUNK_CELLS])
+def _chunks(X, n_obs: int, size: int):
+    for start in range(0, n_obs, size):
+        if isinstance(X, sp.csr_matrix | sp.csr_array) and X.dtype == np.float32:  # rows as views, no copy
+            stop = min(start + size, n_obs)
+            lo, hi = X.indptr[start], X.indptr[stop]
+            view = sp.csr_matrix((stop - start, X.shape[1]), dtype=np.float32)
+            view.data, view.indices, view.indptr = X.data[lo:hi], X.indices[lo:hi], X.indptr[start : stop + 1] - lo
+            yield view  # built without scipy's checks, which copy a slice of a larger array
+        else:
+            yield as_csr(X[start : start + size])
+
+
+def _chunk_cells(sample: sp.csr_matrix, budget: int) -> int:
+    """Cells per chunk so that one chunk holds about ``min(CHUNK_BYTES, budget / 4)`` bytes of nonzeros."""
+    per_cell = 8 * max(sample.nnz / max(sample.shape[0], 1), 1.0)
+    return max(MIN_CHUNK_CELLS, int(min(CHUNK_BYTES, budget // 4) // per_cell))
+
+
+def _column_map(alignment: GeneAlignment) -> tuple[np.ndarray, np.ndarray]:
+    """Query columns that feed a reference gene (ascending) and the reference column each one feeds."""
+    coo = alignment.matrix.tocoo()
+    order = np.argsort(coo.row)
+    return coo.row[order].astype(np.int64), coo.col[order].astype(np.int32)
+
+
+def _align(chunk: sp.csr_matrix, columns: tuple[np.ndarray, np.ndarray], n_reference: int) -> sp.csr_matrix:
+    """``chunk @ alignment.matrix`` for a 0/1 matrix with at most one 1 per row and column: the query's
+    entries moved to their reference columns (same values, no arithmetic; stored zeros dropped, as the
+    sparse product drops them)."""
+    used, target = columns
+    picked = chunk[:, used]
+    aligned = sp.csr_matrix((picked.data, target[picked.indices], picked.indptr), shape=(chunk.shape[0], n_reference))
+    if aligned.nnz and not aligned.data.all():
+        aligned.eliminate_zeros()
+    return aligned
+
+
+def _row_sums(chunk: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
+    """``chunk[:, columns].sum(axis=1)`` (``columns`` a boolean mask) without copying the chunk (exact for
+    counts, which float32 sums hold exactly up to 2**24)."""
+    return chunk @ columns.astype(chunk.dtype)
 
 
 @dataclass
@@ -71,10 +112,17 @@ def prepare_query(
     query_organism: str | None = None,
     orthologs=None,
     min_overlap: float = 0.05,
+    memory_budget: int = ALIGNED_BUDGET_BYTES,
+    spill_dir=None,
 ) -> PreparedQuery:
     """Align, normalise and scale a query to a reference's genes without densifying it.
 
-    Reads ``X`` (or ``layer``/``raw``) in chunks of rows, so a backed AnnData streams from disk.
+    Reads ``X`` (or ``layer``/``raw``) in chunks of rows, so a backed AnnData streams from disk, and makes
+    one pass over it (two when the query has duplicated gene names: the most expressed copy is kept).
+    The aligned log-normalised matrix stays in memory while it fits ``memory_budget`` bytes; a larger one
+    is written to a temporary folder (``spill_dir``, default the system's) and read back chunk by chunk,
+    so memory is bounded by the chunk, not the query. Call ``prepared.data.close()`` when done (the files
+    are also removed when the object is garbage collected).
     """
     check_anndata(adata)
     X, var, var_names = _matrix(adata, layer, use_raw)
@@ -85,20 +133,51 @@ def prepare_query(
         rename = ortholog_map(query_organism, organism, orthologs)
     upper = var_names.astype(str).str.upper()
     counted = ~np.any([upper.str.startswith(p.upper()) for p in recipe.drop_gene_prefixes], axis=0)
-    gene_totals = np.zeros(len(var_names))
-    for chunk in _chunks(X, adata.n_obs):
-        check_values(chunk)
-        gene_totals += np.asarray(chunk.sum(axis=0)).ravel()
+    n_obs = adata.n_obs
+    sample = as_csr(X[:N_DETECT_ROWS])
+    check_values(sample)
+    size = _chunk_cells(sample, memory_budget)
     ids = None if gene_ids is None or all(g is None for g in gene_ids) else [g or "" for g in gene_ids]
-    alignment = align_genes(var, var_names, genes, ids, gene_key=gene_key, rename=rename,
-                            gene_totals=gene_totals, min_overlap=min_overlap)
-    detected = detect_input_type(next(_chunks(X, adata.n_obs)))
+    align = lambda totals: align_genes(var, var_names, genes, ids, gene_key=gene_key, rename=rename,  # noqa: E731
+                                       gene_totals=totals, min_overlap=min_overlap)
+    alignment = align(None)
+    if alignment.n_duplicates:  # which copy of a duplicated gene is most expressed: one extra pass
+        gene_totals = np.zeros(len(var_names))
+        for chunk in _chunks(X, n_obs, size):
+            check_values(chunk)
+            gene_totals += np.asarray(chunk.sum(axis=0)).ravel()
+        alignment = align(gene_totals)
+    detected = detect_input_type(sample)
     used = detected if input_type == "auto" else input_type
-    aligned = []
-    for chunk in _chunks(X, adata.n_obs):
-        totals = np.asarray(chunk[:, counted].sum(axis=1)).ravel() if used != "lognorm" else None
-        aligned.append(lognormalize(as_csr(chunk @ alignment.matrix), used, recipe.target_sum, totals))
-    X_aligned = sp.vstack(aligned, format="csr") if len(aligned) > 1 else aligned[0]
-    mean, std = gene_mean_std(X_aligned)
+    columns, n_ref = _column_map(alignment), alignment.n_reference
+    sums, squares = np.zeros(n_ref), np.zeros(n_ref)
+    builder = CSRBuilder(n_ref, memory_budget, spill_dir)
+    expected = 8 * _align(sample, columns, n_ref).nnz / max(sample.shape[0], 1) * n_obs
+    if expected > memory_budget:  # spill from the first chunk rather than after filling the budget
+        builder.spill_now()
+    try:
+        for chunk in _chunks(X, n_obs, size):
+            check_values(chunk)
+            totals = _row_sums(chunk, counted) if used != "lognorm" else None
+            aligned = lognormalize(_align(chunk, columns, n_ref), used, recipe.target_sum, totals)
+            values = aligned.data.astype(np.float64)
+            sums += np.bincount(aligned.indices, weights=values, minlength=n_ref)
+            squares += np.bincount(aligned.indices, weights=values * values, minlength=n_ref)
+            builder.append(aligned)
+        X_aligned = builder.finish()
+    except BaseException:
+        builder.discard()
+        raise
+    mean, std = _mean_std(sums, squares, n_obs)
     gain = alignment.n_reference / alignment.n_overlap if recipe.rescale_missing else 1.0
-    return PreparedQuery(ScaledMatrix(X_aligned, mean, std, recipe.max_value, gain), alignment, used, detected)
+    data = ScaledMatrix(X_aligned, mean, std, recipe.max_value, gain, dense_budget=min(DENSE_BUDGET_BYTES, memory_budget))
+    return PreparedQuery(data, alignment, used, detected)
+
+
+def _mean_std(sums: np.ndarray, squares: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and standard deviation (ddof=1, as scanpy) from sums over ``n`` cells."""
+    mean = sums / max(n, 1)
+    var = (squares - n * mean**2) / max(n - 1, 1)
+    std = np.sqrt(np.clip(var, 0, None))
+    std[std == 0] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
