@@ -1,45 +1,218 @@
-"""Model cards: a Hugging Face README.md with YAML front matter, rendered from a reference's own
-config and, when given, the training pipeline's measured evaluation."""
+"""Model cards: a Hugging Face README.md with YAML front matter (license, tags, datasets, model-index),
+rendered from a reference's own config and, when given, the training pipeline's measured evaluation.
+
+Every number on a card comes from the config or the evaluation passed in; nothing is typed by hand.
+"""
 
 from __future__ import annotations
 
+import json
 
-def render_card(config: dict, cell_types: list[str], counts: list[int], evaluation: dict | None = None) -> str:
-    """Render the model card text for a reference."""
+ITCLUST_CITATION = ("Hu J, Li X, Hu G, Lyu Y, Susztak K, Li M. Iterative transfer learning with neural network for "
+                    "clustering and cell type classification in single-cell RNA-seq analysis. "
+                    "Nature Machine Intelligence 2, 607-618 (2020)")
+FEW_CELLS = 20
+WEAK_RECALL = 0.5
+SCORE_NAMES = {"label": "final label", "nearest_label": "nearest reference type", "source_label": "source network"}
+METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "ari": "ARI"}
+
+
+def _quoted(text) -> str:
+    """A YAML double-quoted scalar (JSON string syntax is valid YAML)."""
+    return json.dumps(str(text))
+
+
+def _metric_block(title: str, dataset: str, dataset_name: str, scores: dict) -> list[str]:
+    lines = ["  - task:", "      type: cell-type-annotation", f"      name: {_quoted(title)}", "    dataset:",
+             f"      type: {_quoted(dataset)}", f"      name: {_quoted(dataset_name)}", "    metrics:"]
+    for column in ("label", "nearest_label"):
+        for metric, value in scores[column].items():
+            lines += [f"    - type: {metric}", f"      name: {_quoted(f'{METRIC_NAMES[metric]} ({SCORE_NAMES[column]})')}",
+                      f"      value: {value:.4f}"]
+    return lines
+
+
+def _front_matter(config: dict, evaluation: dict | None) -> list[str]:
     meta = config.get("metadata", {})
-    pre = config["preprocessing"]
-    front = [
-        "---",
-        f"license: {meta.get('license', 'other')}",
-        "library_name: itclust-hub",
-        "tags:",
-        "- single-cell",
-        "- itclust-hub",
-        f"- {config['organism']}",
-        f"- {config['tissue']}",
-        "---",
+    datasets = meta.get("datasets", [])
+    lines = ["---", f"license: {meta.get('license', 'other')}", "library_name: itclust-hub", "tags:",
+             "- single-cell", "- itclust-hub", "- cell-type-annotation", f"- {config['organism']}",
+             f"- {config['tissue']}"]
+    if datasets:
+        lines += ["datasets:", *[f"- {_quoted(d)}" for d in datasets]]
+    if evaluation:
+        dataset = datasets[0] if datasets else config["name"]
+        held = evaluation["held_out"]
+        lines += ["model-index:", f"- name: {_quoted(config['name'])}", "  results:"]
+        lines += _metric_block(f"Cell-type annotation, leave-one-{held['group_key']}-out", dataset,
+                               f"{meta.get('data_name', config['name'])}, held-out {held['group_key']}s (mean)",
+                               held["mean"])
+        for cross in evaluation["cross_dataset"]:
+            lines += _metric_block(f"Cell-type annotation, {cross['query_organism']} query", cross["dataset"],
+                                   cross["name"], cross)
+    return lines + ["---"]
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}", *[f"| {' | '.join(map(str, r))} |" for r in rows]]
+
+
+def _scores_row(scores: dict) -> list[str]:
+    return [f"{scores[column][metric]:.3f}" for column in SCORE_NAMES for metric in METRIC_NAMES]
+
+
+SCORE_HEADER = [f"{METRIC_NAMES[m]} ({SCORE_NAMES[c]})" for c in SCORE_NAMES for m in METRIC_NAMES]
+
+
+def _genes_text(config: dict, genes: dict | None) -> str:
+    n_genes = config["architecture"]["n_genes"]
+    text = f"{n_genes} genes, identified by gene symbol (matched case-insensitively)"
+    ids = [g for g in (genes or {}).get("ensembl_ids") or [] if g]
+    if ids:
+        text += f"; {len(ids)} of them also carry an Ensembl gene ID, so queries indexed by Ensembl ID align too"
+    return text + "."
+
+
+def _training_section(config: dict, cell_types: list[str], counts: list[int], genes: dict | None,
+                      per_type: dict | None) -> list[str]:
+    meta, train = config.get("metadata", {}), config.get("training", {})
+    lines = ["## Training data", ""]
+    if meta.get("data_name"):
+        lines += [f"{meta['data_name']}" + (f" ({meta['platform']})" if meta.get("platform") else "")
+                  + (f", GEO {', '.join(meta['datasets'])}" if meta.get("datasets") else "") + ".", ""]
+    lines += [f"{config['n_cells']} cells, {len(cell_types)} cell types (labels from `{train.get('label_key', '?')}`), "
+              f"{_genes_text(config, genes)}", ""]
+    if per_type:
+        rows = [[t, n, f"{per_type[t]['correct'] / per_type[t]['cells']:.2f} ({per_type[t]['cells']})"
+                 if per_type.get(t, {}).get("cells") else "-"] for t, n in zip(cell_types, counts)]
+        lines += _table(["cell type", "cells", "held-out recall (cells)"], rows)
+    else:
+        lines += _table(["cell type", "cells"], [[t, n] for t, n in zip(cell_types, counts)])
+    dropped = train.get("dropped_types") or {}
+    if dropped:
+        lines += ["", f"Left out for having fewer than {train.get('min_cells_per_type')} cells: "
+                  + ", ".join(f"{t} ({n})" for t, n in dropped.items()) + "."]
+    if train.get("cells_failing_qc"):
+        lines += ["", f"{train['cells_failing_qc']} labelled cells failed QC."]
+    return lines + [""]
+
+
+def _preprocessing_section(config: dict) -> list[str]:
+    pre, train = config["preprocessing"], config.get("training", {})
+    return [
+        "## Preprocessing",
+        "",
+        f"Input: {train.get('input_type', 'counts')}. Cells with < {pre['min_genes_per_cell']} genes and genes in "
+        f"< {pre['min_cells_per_gene']} cells dropped, genes starting with {', '.join(pre['drop_gene_prefixes'])} "
+        f"removed, normalised to {pre['target_sum']:g} counts per cell, log1p, {pre['n_top_genes']} highly variable "
+        f"genes requested (Seurat flavour), scaled per dataset (own statistics) and clipped at {pre['max_value']:g}. "
+        "A query gets the same steps with its own scaling statistics; genes it lacks sit at the scaled mean"
+        + (", the present ones rescaled to keep the input's size." if pre.get("rescale_missing") else "."),
+        "",
     ]
+
+
+def _network_section(config: dict) -> list[str]:
+    train = config.get("training", {})
+    lines = ["## Network and training", "",
+             f"Encoder {config['architecture']['hidden_dims']} (ReLU, tanh bottleneck) with a Student-t clustering "
+             f"layer over {config['architecture']['n_types']} centroids."]
+    if "epochs_run" in train:
+        lines[-1] += (f" Denoising-autoencoder pretraining {train['pretrain_epochs']} epochs per stage, then "
+                      f"{train['epochs_run']} of at most {train['epochs']} supervised epochs (KL loss against labels "
+                      f"smoothed by {train['label_smoothing']:g}, early stopping on a {train['val_fraction']:g} "
+                      f"validation split). Gene masking: {train['mask_prob']:g} of batches lose up to "
+                      f"{train['mask_max_rate']:g} of their genes. Seed {train['seed']}.")
+    return lines + [""]
+
+
+def _evaluation_section(evaluation: dict) -> list[str]:
+    held = evaluation["held_out"]
+    key = held["group_key"]
+    lines = ["## Evaluation", "",
+             f"Measured by the training pipeline. Held-out: for each {key}, a reference with the same settings was "
+             f"trained on the other {key}s and transferred to it. Scores are over cells of types that reference "
+             "knows: final label (\"Unassigned\" counts as wrong), nearest reference type of the cell's cluster, "
+             "and the source network's direct prediction before fine-tuning.", ""]
+    rows = [[f["group"], f"{f['n_scored']}/{f['n_cells']}", *_scores_row(f)] for f in held["folds"]]
+    rows.append(["mean", "", *_scores_row(held["mean"])])
+    lines += _table([key, "cells scored", *SCORE_HEADER], rows) + [""]
+    if evaluation["cross_dataset"]:
+        lines += ["Cross-dataset: the reference trained on all cells, transferred to another dataset "
+                  "(genes mapped through the one-to-one ortholog table when the organism differs).", ""]
+        rows = [[c["name"], c["query_organism"], f"{c['gene_overlap']:.2f}", f"{c['n_scored']}/{c['n_cells']}",
+                 *_scores_row(c)] for c in evaluation["cross_dataset"]]
+        lines += _table(["query", "organism", "gene overlap", "cells scored", *SCORE_HEADER], rows) + [""]
+    settings = ", ".join(f"{k}={v}" for k, v in evaluation.get("transfer", {}).items())
+    return lines + [f"Transfer settings: defaults of `ItClust.transfer`{', ' + settings if settings else ''}.", ""]
+
+
+def _limits_section(config: dict, cell_types: list[str], counts: list[int], evaluation: dict | None) -> list[str]:
+    meta, train = config.get("metadata", {}), config.get("training", {})
+    limits = []
+    if meta.get("data_name"):
+        limits.append(f"Trained on one study ({meta['data_name']}"
+                      + (f", {meta['platform']}" if meta.get("platform") else "") + "); other platforms and "
+                      "disease states are not measured here.")
+    if train.get("dropped_types"):
+        limits.append("Cannot name " + ", ".join(train["dropped_types"]) + " (too few training cells); such cells "
+                      "get the nearest known type or \"Unassigned\".")
+    few = [f"{t} ({n})" for t, n in zip(cell_types, counts) if n < FEW_CELLS]
+    if few:
+        limits.append(f"Types learned from fewer than {FEW_CELLS} cells: {', '.join(few)}; expect lower recall.")
+    if evaluation:
+        pooled = evaluation["held_out"]["per_type"]
+        weak = [f"{t} ({c['correct'] / c['cells']:.2f} of {c['cells']})" for t, c in pooled.items()
+                if c["cells"] and c["correct"] / c["cells"] < WEAK_RECALL]
+        if weak:
+            limits.append(f"Held-out recall below {WEAK_RECALL:g}: {', '.join(weak)}.")
+        for cross in evaluation["cross_dataset"]:
+            if cross["unknown_types"]:
+                limits.append(f"{cross['name']}: types this reference lacks were not scored: "
+                              + ", ".join(f"{t} ({n})" for t, n in cross["unknown_types"].items()) + ".")
+    if not limits:
+        return []
+    return ["## Known limits", "", *[f"- {text}" for text in limits], ""]
+
+
+def _citation_section(config: dict) -> list[str]:
+    meta = config.get("metadata", {})
+    lines = ["## How to cite", ""]
+    if meta.get("citation"):
+        lines += ["The training data:", "", f"> {meta['citation']}", ""]
+    lines += ["The method:", "", f"> {ITCLUST_CITATION}", "",
+              f"and this reference as itclust-hub `{config['name']}` version {config.get('version', '?')}.", ""]
+    return lines
+
+
+def render_card(config: dict, cell_types: list[str], counts: list[int], evaluation: dict | None = None,
+                genes: dict | None = None) -> str:
+    """Render the model card text for a reference.
+
+    ``config`` is the reference's config (``metadata`` may hold description, license, citation, datasets,
+    data_name and platform); ``evaluation`` is what the training pipeline measured: ``held_out`` (from
+    :func:`itclust_hub._evaluate.held_out` plus ``group_key``), ``cross_dataset`` (a list of
+    :func:`itclust_hub._evaluate.evaluate_transfer` results plus ``name``, ``dataset`` and
+    ``query_organism``) and ``transfer`` (the settings used). ``genes`` is the content of genes.json.
+    """
+    meta = config.get("metadata", {})
+    per_type = evaluation["held_out"]["per_type"] if evaluation else None
     lines = [
         f"# {config['name']}",
         "",
         meta.get("description", f"ItClust reference for {config['organism']} {config['tissue']}."),
         "",
-        "## Training data",
+        "```python",
+        "import itclust_hub as ih",
+        f"model = ih.ItClust.from_pretrained({config['name']!r})",
+        "result = model.transfer(adata)  # raw counts, log-normalised or TPM; adata is not modified",
+        "```",
         "",
-        f"{config['n_cells']} cells, {len(cell_types)} cell types, {config['architecture']['n_genes']} genes "
-        f"({pre['n_top_genes']} highly variable genes requested), encoder {config['architecture']['hidden_dims']}.",
-        "",
-        "| cell type | cells |",
-        "|---|---|",
-        *[f"| {t} | {n} |" for t, n in zip(cell_types, counts)],
-        "",
-        "## Preprocessing",
-        "",
-        f"Cells with < {pre['min_genes_per_cell']} genes and genes in < {pre['min_cells_per_gene']} cells dropped, "
-        f"genes starting with {', '.join(pre['drop_gene_prefixes'])} removed, normalised to {pre['target_sum']:g} "
-        f"counts per cell, log1p, scaled per dataset (own statistics) and clipped at {pre['max_value']:g}.",
-        "",
+        *_training_section(config, cell_types, counts, genes, per_type),
+        *_preprocessing_section(config),
+        *_network_section(config),
+        *(_evaluation_section(evaluation) if evaluation else []),
+        *_limits_section(config, cell_types, counts, evaluation),
+        *_citation_section(config),
     ]
-    if meta.get("citation"):
-        lines += ["## Citation", "", meta["citation"], ""]
-    return "\n".join(front + [""] + lines)
+    return "\n".join(_front_matter(config, evaluation) + [""] + lines)

@@ -2,7 +2,9 @@
 class centroids trained with KL loss against smoothed one-hot labels (ItClust's source network).
 
 Random gene masking during supervised training teaches the network to tolerate queries that measure
-only part of the reference genes.
+only part of the reference genes. Training runs in one process, or data-parallel across processes
+started by ``torchrun`` (``distributed=True``, see :mod:`itclust_hub._distributed`); a backed AnnData is
+streamed from disk batch by batch either way.
 """
 
 from __future__ import annotations
@@ -11,17 +13,80 @@ import copy
 
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import torch
 from torch import nn
 
-from ._data import ScaledMatrix
+from ._atlas import Shard, scan_atlas
 from ._errors import ItClustError
 from ._genes import ensembl_ids_for
 from ._network import Encoder, hidden_dims_for, kl_loss, soft_assign
-from ._preprocess import Recipe, as_csr, check_values, detect_input_type, gene_mean_std, lognormalize, qc_filter
+from ._preprocess import Recipe
 from ._progress import progress_bar
 from ._query import check_anndata
+
+VAL_MASK_RATES = (0.5, 0.9)
+VAL_CHUNK = 4096
+
+
+class Replica:
+    """This process's part in training: here the only process, training on every row.
+
+    Under ``torchrun`` a :class:`itclust_hub._distributed.DistributedReplica` takes its place: each process
+    reads its share of every minibatch, sums are added up across processes and gradients averaged.
+    """
+
+    rank = 0
+    world = 1
+    device = torch.device("cpu")
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """This process's rows of a minibatch."""
+        return index[self.rank :: self.world]
+
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of ``tensor`` over all processes."""
+        return tensor
+
+    def reduce(self, array: np.ndarray) -> np.ndarray:
+        """:meth:`all_sum` for a NumPy array."""
+        return self.all_sum(torch.from_numpy(array)).cpu().numpy()
+
+    def shard(self) -> Shard:
+        """This process's share of the chunks of a pass over the atlas."""
+        return Shard(self.rank, self.world, self.reduce)
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """The module to train through (DistributedDataParallel under torchrun)."""
+        return module
+
+
+class _SourceNetwork(nn.Module):
+    """The encoder, the decoders of its denoising-autoencoder pretraining and the cluster centroids, in one
+    module so that one DistributedDataParallel wrapper serves every training stage."""
+
+    def __init__(self, encoder: Encoder, n_types: int):
+        super().__init__()
+        self.encoder = encoder
+        self.decoders = nn.ModuleList(nn.Linear(layer.out_features, layer.in_features) for layer in encoder.layers)
+        self.centroids = nn.Parameter(torch.zeros(n_types, encoder.layers[-1].out_features))
+        self.noise = nn.Dropout(0.2)
+
+    def forward(self, x: torch.Tensor, stage):
+        """Stage ``i`` (an int): layer ``i``'s input and its reconstruction from a noisy copy; stage
+        ``"autoencoder"``: ``x`` and its reconstruction through all layers; ``"classify"``: soft assignments."""
+        if stage == "classify":
+            return soft_assign(self.encoder(x), self.centroids)
+        if stage == "autoencoder":
+            h = self.encoder(self.noise(x))
+            for j in reversed(range(len(self.decoders))):
+                h = self.decoders[j](h)
+                if j > 0:
+                    h = torch.relu(h)
+            return x, h
+        with torch.no_grad():
+            for j in range(stage):
+                x = self.encoder.layer_forward(x, j)
+        return x, self.decoders[stage](self.encoder.layer_forward(self.noise(x), stage))
 
 
 def _seed_everything(seed: int) -> np.random.Generator:
@@ -29,52 +94,99 @@ def _seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _pretrain(encoder: Encoder, data: ScaledMatrix, epochs: int, batch_size: int, lr: float,
-              rng: np.random.Generator, bar) -> None:
-    """Layer-wise then end-to-end denoising autoencoder pretraining (dropout 0.2, MSE, SGD momentum)."""
-    decoders = nn.ModuleList(nn.Linear(layer.out_features, layer.in_features) for layer in encoder.layers)
-    noise = nn.Dropout(0.2)
+def _minibatches(order: np.ndarray, batch_size: int, world: int, even: bool = False):
+    """Sorted minibatches of ``batch_size`` rows from ``order`` (the last one shorter), or with ``even`` of
+    about ``batch_size`` rows each; minibatches too small to give every process a row are skipped."""
+    if even:
+        batches = np.array_split(order, max(len(order) // batch_size, 1))
+    else:
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    for index in batches:
+        if len(index) >= world:
+            yield np.sort(index)
 
-    def run(params, reconstruct):
+
+def _rows(data, index: np.ndarray, replica: Replica) -> torch.Tensor:
+    return data.rows(index).to(replica.device)
+
+
+def _pretrain(net: _SourceNetwork, model: nn.Module, data, epochs: int, batch_size: int, lr: float,
+              rng: np.random.Generator, bar, replica: Replica) -> None:
+    """Layer-wise then end-to-end denoising autoencoder pretraining (dropout 0.2, MSE, SGD momentum)."""
+
+    def run(stage, params):
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
         for _ in range(epochs):
-            for _, x in data.batches(batch_size, rng):
-                target, recon = reconstruct(x)
+            for index in _minibatches(rng.permutation(data.n_cells), batch_size, replica.world):
+                target, recon = model(_rows(data, replica.take(index), replica), stage)
                 loss = nn.functional.mse_loss(recon, target)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
             bar.update(1)
 
-    for i, (layer, decoder) in enumerate(zip(encoder.layers, decoders)):
-        def layer_step(x, i=i, decoder=decoder):
-            with torch.no_grad():
-                for j in range(i):
-                    x = encoder.layer_forward(x, j)
-            return x, decoder(encoder.layer_forward(noise(x), i))
-        run([*layer.parameters(), *decoder.parameters()], layer_step)
-
-    def full_step(x):
-        h = encoder(noise(x))
-        for j in reversed(range(len(decoders))):
-            h = decoders[j](h)
-            if j > 0:
-                h = torch.relu(h)
-        return x, h
-    run([*encoder.parameters(), *decoders.parameters()], full_step)
+    for i, (layer, decoder) in enumerate(zip(net.encoder.layers, net.decoders)):
+        run(i, [*layer.parameters(), *decoder.parameters()])
+    run("autoencoder", [*net.encoder.parameters(), *net.decoders.parameters()])
 
 
-def _mask_genes(x: torch.Tensor, rate: float, rescale: bool) -> torch.Tensor:
-    """Zero a random share ``rate`` of the genes (the same for every cell of ``x``), as a query that
-    does not measure them; ``rescale`` multiplies the rest by genes / present genes, as at transfer."""
-    keep = torch.rand(x.shape[1]) >= rate
+def _type_means(net: _SourceNetwork, data, codes: np.ndarray, n_types: int, replica: Replica):
+    """Per type: the mean embedding (the initial centroids) and the mean scaled expression (the type
+    profiles kept for novelty checks and marker genes)."""
+    z_sums = torch.zeros(n_types, net.centroids.shape[1], dtype=torch.float64, device=replica.device)
+    x_sums = torch.zeros(n_types, data.n_genes, dtype=torch.float64, device=replica.device)
+    with torch.no_grad():
+        for start, stop in replica.shard().mine(data.n_cells):
+            x = _rows(data, np.arange(start, stop), replica)
+            types = torch.as_tensor(codes[start:stop], device=replica.device)
+            z_sums.index_add_(0, types, net.encoder(x).double())
+            x_sums.index_add_(0, types, x.double())
+    counts = torch.as_tensor(np.bincount(codes, minlength=n_types), dtype=torch.float64, device=replica.device)
+    return (replica.all_sum(z_sums) / counts[:, None]).float(), (replica.all_sum(x_sums) / counts[:, None]).float()
+
+
+def _gene_mask(n_genes: int, rate: float) -> torch.Tensor:
+    """Genes kept when a random share ``rate`` is dropped (the same genes for every cell of a batch)."""
+    return torch.rand(n_genes) >= rate
+
+
+def _masked(x: torch.Tensor, keep: torch.Tensor | None, rescale: bool) -> torch.Tensor:
+    """Zero the genes outside ``keep``, as a query that does not measure them; ``rescale`` multiplies the
+    rest by genes / present genes, as at transfer."""
+    if keep is None:
+        return x
     if not keep.any():
         return torch.zeros_like(x)
+    keep = keep.to(x.device)
     return x * keep * (x.shape[1] / keep.sum() if rescale else 1.0)
 
 
-def _supervised(encoder: Encoder, centroids: nn.Parameter, data: ScaledMatrix, codes: np.ndarray,
-                n_types: int, cfg: dict, rng: np.random.Generator, bar) -> int:
+def _targets(codes: np.ndarray, n_types: int, smoothing: float, device) -> torch.Tensor:
+    """One-hot labels smoothed by ``smoothing``."""
+    targets = torch.full((len(codes), n_types), smoothing / n_types, device=device)
+    targets[torch.arange(len(codes)), torch.as_tensor(codes, device=device)] += 1.0 - smoothing
+    return targets
+
+
+def _validation_loss(net: _SourceNetwork, data, val: np.ndarray, codes: np.ndarray, masks: list, cfg: dict,
+                     replica: Replica) -> float:
+    """KL loss on the validation cells, averaged over the clean copy and the masked copies."""
+    sums = torch.zeros(len(masks), dtype=torch.float64, device=replica.device)
+    with torch.no_grad():
+        for start in range(0, len(val), VAL_CHUNK):
+            mine = replica.take(val[start : start + VAL_CHUNK])
+            if not len(mine):
+                continue
+            x = _rows(data, mine, replica)
+            target = _targets(codes[mine], len(net.centroids), cfg["label_smoothing"], replica.device)
+            for i, keep in enumerate(masks):
+                q = soft_assign(net.encoder(_masked(x, keep, cfg["rescale"])), net.centroids)
+                sums[i] += kl_loss(target, q).double() * len(mine)
+    return float(replica.all_sum(sums).mean()) / len(val)
+
+
+def _supervised(net: _SourceNetwork, model: nn.Module, data, codes: np.ndarray, cfg: dict,
+                rng: np.random.Generator, bar, replica: Replica) -> int:
     """KL training against smoothed one-hot labels; early stopping on a shuffled validation split.
 
     Returns the number of epochs run; the best weights (lowest validation loss) are restored.
@@ -82,27 +194,22 @@ def _supervised(encoder: Encoder, centroids: nn.Parameter, data: ScaledMatrix, c
     order = rng.permutation(data.n_cells)
     n_val = max(int(round(cfg["val_fraction"] * data.n_cells)), 1)
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
-    smooth = cfg["label_smoothing"]
-    targets = torch.full((data.n_cells, n_types), smooth / n_types)
-    targets[torch.arange(data.n_cells), torch.as_tensor(codes)] += 1.0 - smooth
-    x_val, p_val = data.rows(val), targets[val]
-    val_inputs = [x_val] + [_mask_genes(x_val, rate, cfg["rescale"]) for rate in (0.5, 0.9) if cfg["mask_prob"] > 0]
-    params = [*encoder.parameters(), centroids]
+    masks = [None] + [_gene_mask(data.n_genes, rate) for rate in VAL_MASK_RATES if cfg["mask_prob"] > 0]
+    params = [*net.encoder.parameters(), net.centroids]
     opt = torch.optim.Adam(params, lr=cfg["lr"])
     best = (float("inf"), None, 0)
     epoch = 0
     for epoch in range(1, cfg["epochs"] + 1):
-        for index in np.array_split(rng.permutation(train), max(len(train) // cfg["batch_size"], 1)):
-            index = np.sort(index)
-            x = data.rows(index)
-            if rng.random() < cfg["mask_prob"]:
-                x = _mask_genes(x, rng.random() * cfg["mask_max_rate"], cfg["rescale"])
-            loss = kl_loss(targets[index], soft_assign(encoder(x), centroids))
+        for index in _minibatches(rng.permutation(train), cfg["batch_size"], replica.world, even=True):
+            keep = _gene_mask(data.n_genes, rng.random() * cfg["mask_max_rate"]) if rng.random() < cfg["mask_prob"] else None
+            mine = replica.take(index)
+            x = _masked(_rows(data, mine, replica), keep, cfg["rescale"])
+            target = _targets(codes[mine], len(net.centroids), cfg["label_smoothing"], replica.device)
+            loss = kl_loss(target, model(x, "classify"))
             opt.zero_grad()
             loss.backward()
             opt.step()
-        with torch.no_grad():
-            val_loss = float(np.mean([kl_loss(p_val, soft_assign(encoder(x), centroids)) for x in val_inputs]))
+        val_loss = _validation_loss(net, data, val, codes, masks, cfg, replica)
         bar.update(1)
         if val_loss < best[0] - 1e-5:
             best = (val_loss, copy.deepcopy([p.detach().clone() for p in params]), epoch)
@@ -114,25 +221,16 @@ def _supervised(encoder: Encoder, centroids: nn.Parameter, data: ScaledMatrix, c
     return epoch
 
 
-def _embed(encoder: Encoder, data: ScaledMatrix, batch_size: int = 4096) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([encoder(x) for _, x in data.batches(batch_size)])
-
-
-def _type_profiles(data: ScaledMatrix, codes: np.ndarray, n_types: int) -> torch.Tensor:
-    """Mean scaled expression of each type (types x genes), for novelty checks and marker genes."""
-    sums = torch.zeros(n_types, data.n_genes)
-    for rows, x in data.batches(4096):
-        sums.index_add_(0, torch.as_tensor(codes[rows]), x)
-    return sums / torch.as_tensor(np.bincount(codes, minlength=n_types), dtype=torch.float32)[:, None]
-
-
-def _labels_for_training(adata, label_key: str, min_cells_per_type: int, small_types: str) -> pd.Series:
+def _label_codes(adata, label_key: str, min_cells_per_type: int, small_types: str):
+    """Each cell's index into the sorted cell types kept for training (-1: its type is too small), the
+    types, and the dropped types with their cell counts."""
     if label_key not in adata.obs.columns:
         raise ItClustError(f"label key {label_key!r} is not an obs column (have {list(adata.obs.columns)})")
     labels = adata.obs[label_key]
     if labels.isna().any():
         raise ItClustError(f"{int(labels.isna().sum())} cells have no {label_key!r}; drop them or label them")
+    if small_types not in ("error", "drop"):
+        raise ItClustError(f"small_types must be 'error' or 'drop', not {small_types!r}")
     labels = labels.astype(str)
     counts = labels.value_counts()
     small = counts[counts < min_cells_per_type]
@@ -142,10 +240,19 @@ def _labels_for_training(adata, label_key: str, min_cells_per_type: int, small_t
             f"cell types with fewer than {min_cells_per_type} cells: {listed}; "
             "pass small_types='drop' to drop them or lower min_cells_per_type"
         )
-    labels = labels[~labels.isin(small.index)]
-    if labels.nunique() < 2:
+    types = sorted(set(counts.index) - set(small.index))
+    if len(types) < 2:
         raise ItClustError(f"{label_key!r} has fewer than 2 cell types; a reference needs at least 2")
-    return labels
+    codes = pd.Categorical(labels, categories=types).codes.astype(np.int64)
+    return codes, types, {str(k): int(v) for k, v in small.items()}
+
+
+def _replica(distributed: bool) -> Replica:
+    if not distributed:
+        return Replica()
+    from ._distributed import DistributedReplica
+
+    return DistributedReplica()
 
 
 def train_reference(
@@ -173,14 +280,16 @@ def train_reference(
     seed: int = 0,
     progress: bool | None = None,
     metadata: dict | None = None,
+    distributed: bool = False,
 ):
     """Train an ItClust source network on a labelled AnnData and return it as an :class:`ItClust`.
 
     Parameters
     ----------
     adata
-        Labelled reference cells; raw counts preferred (``input_type`` says what ``X`` holds).
-        Not modified.
+        Labelled reference cells; raw counts preferred (``input_type`` says what ``X`` holds). Not
+        modified. A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is read chunk by chunk and
+        streamed batch by batch, so it need not fit in memory.
     label_key
         ``obs`` column with the cell-type labels.
     name
@@ -189,10 +298,14 @@ def train_reference(
         Recorded in the reference; ``organism`` drives cross-species mapping at transfer time.
     recipe
         Preprocessing (QC, normalisation, number of highly variable genes, clipping).
+    input_type
+        ``"auto"`` (detect), ``"counts"`` (refused when the values are not integers), ``"lognorm"`` or
+        ``"tpm"``.
     hidden_dims
         Encoder sizes; default by number of cells as the original ItClust.
     min_cells_per_type, small_types
-        Types with fewer cells are refused (``"error"``) or dropped (``"drop"``).
+        Types with fewer cells are refused (``"error"``) or dropped (``"drop"``); dropped types are
+        recorded in ``config["training"]["dropped_types"]``.
     pretrain_epochs, epochs, patience, batch_size, lr, pretrain_lr
         Autoencoder pretraining epochs per stage; supervised epochs, early-stopping patience on the
         validation split, minibatch size and learning rates.
@@ -208,6 +321,10 @@ def train_reference(
         Show a progress bar (default: only on a terminal).
     metadata
         Extra JSON fields for ``config.json`` (description, citation, license, ...).
+    distributed
+        Train data-parallel with the other processes started by ``torchrun`` (DistributedDataParallel,
+        gloo on CPU, nccl on GPU): every process passes the same atlas and reads its own share of each
+        minibatch; ``batch_size`` is the global batch. Every process returns the same reference.
     """
     from ._model import ItClust
 
@@ -216,57 +333,51 @@ def train_reference(
         dup = adata.var_names[adata.var_names.duplicated()][0]
         raise ItClustError(f"duplicated gene names in the reference (e.g. {dup!r}); call adata.var_names_make_unique()")
     recipe = recipe or Recipe()
-    labels = _labels_for_training(adata, label_key, min_cells_per_type, small_types)
-    X = as_csr(adata.X)
-    check_values(X)
-    detected = detect_input_type(X)
-    input_type = detected if input_type == "auto" else input_type
+    codes, types, dropped = _label_codes(adata, label_key, min_cells_per_type, small_types)
+    replica = _replica(distributed)
     rng = _seed_everything(seed)
-
-    filtered = qc_filter(adata[labels.index], recipe)
-    if filtered.n_obs < 10:
-        raise ItClustError(f"only {filtered.n_obs} cells pass QC (>= {recipe.min_genes_per_cell} genes); check the data")
-    logged = sc.AnnData(lognormalize(as_csr(filtered.X), input_type, recipe.target_sum), var=filtered.var[[]])
-    n_top = min(recipe.n_top_genes, logged.n_vars)
-    sc.pp.highly_variable_genes(logged, n_top_genes=n_top, flavor="seurat")
-    genes = logged.var_names[logged.var["highly_variable"].to_numpy()]
-    X_ref = as_csr(logged[:, genes].X)
-    mean, std = gene_mean_std(X_ref)
-    data = ScaledMatrix(X_ref, mean, std, recipe.max_value)
-
-    type_names = sorted(filtered.obs[label_key].astype(str).unique())
-    codes = pd.Categorical(filtered.obs[label_key].astype(str), categories=type_names).codes.astype(np.int64)
-    dims = hidden_dims or hidden_dims_for(filtered.n_obs)
-    encoder = Encoder(len(genes), dims)
+    atlas = scan_atlas(adata, codes, types, recipe, input_type, replica.shard())
+    data = atlas.streamed() if adata.isbacked else atlas.in_memory()
+    n_types = len(atlas.cell_types)
+    dims = hidden_dims or hidden_dims_for(atlas.n_cells)
+    net = _SourceNetwork(Encoder(len(atlas.genes), dims), n_types).to(replica.device)
+    model = replica.wrap(net)
     cfg = dict(epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
                label_smoothing=label_smoothing, mask_max_rate=mask_max_rate, mask_prob=mask_prob,
                rescale=recipe.rescale_missing)
-    with progress_bar(total=pretrain_epochs * (len(dims) + 1) + epochs, enabled=progress, desc=f"training {name}") as bar:
-        _pretrain(encoder, data, pretrain_epochs, batch_size, pretrain_lr, rng, bar)
-        z = _embed(encoder, data)
-        centroids = nn.Parameter(torch.stack([z[codes == k].mean(0) for k in range(len(type_names))]))
-        epochs_run = _supervised(encoder, centroids, data, codes, len(type_names), cfg, rng, bar)
+    with progress_bar(total=pretrain_epochs * (len(dims) + 1) + epochs, enabled=progress if replica.rank == 0 else False,
+                      desc=f"training {name}") as bar:
+        _pretrain(net, model, data, pretrain_epochs, batch_size, pretrain_lr, rng, bar, replica)
+        centroids, profiles = _type_means(net, data, atlas.codes, n_types, replica)
+        with torch.no_grad():
+            net.centroids.copy_(centroids)
+        epochs_run = _supervised(net, model, data, atlas.codes, cfg, rng, bar, replica)
+    net.cpu()
 
+    var = adata.var.iloc[atlas.gene_columns]
     gene_ids = None
-    if "gene_ids" in filtered.var.columns:
-        gene_ids = filtered.var.loc[genes, "gene_ids"].astype(str).tolist()
+    if "gene_ids" in var.columns:
+        gene_ids = var["gene_ids"].astype(str).tolist()
     elif organism == "human":
-        gene_ids = ensembl_ids_for(list(genes))
+        gene_ids = ensembl_ids_for(atlas.genes)
     training = dict(cfg, pretrain_epochs=pretrain_epochs, pretrain_lr=pretrain_lr, epochs_run=epochs_run,
-                    seed=seed, label_key=label_key, input_type=input_type, min_cells_per_type=min_cells_per_type)
+                    seed=seed, label_key=label_key, input_type=atlas.input_type, min_cells_per_type=min_cells_per_type,
+                    dropped_types=dropped, cells_failing_qc=int((codes >= 0).sum()) - atlas.n_cells,
+                    processes=replica.world, device=replica.device.type,
+                    torch_cpu_capability=torch.backends.cpu.get_cpu_capability())
     return ItClust.from_parts(
         name=name,
         organism=organism,
         tissue=tissue,
         recipe=recipe,
         hidden_dims=dims,
-        encoder=encoder,
-        centroids=centroids.detach(),
-        type_profiles=_type_profiles(data, codes, len(type_names)),
-        genes=list(genes),
+        encoder=net.encoder,
+        centroids=net.centroids.detach(),
+        type_profiles=profiles.cpu(),
+        genes=atlas.genes,
         gene_ids=gene_ids,
-        cell_types=type_names,
-        type_counts=np.bincount(codes, minlength=len(type_names)).tolist(),
+        cell_types=atlas.cell_types,
+        type_counts=np.bincount(atlas.codes, minlength=n_types).tolist(),
         training=training,
         metadata=metadata or {},
     )

@@ -1,0 +1,86 @@
+"""Measuring a reference: label scores (accuracy, macro-F1, ARI) of a transfer against known labels, and
+held-out evaluation (train on all groups but one - donors, say - and annotate the one left out)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import adjusted_rand_score, f1_score
+
+from ._errors import ItClustError
+
+SCORED_COLUMNS = ("label", "nearest_label", "source_label")
+METRICS = ("accuracy", "macro_f1", "ari")
+
+
+def label_scores(truth, predicted) -> dict[str, float]:
+    """Accuracy, macro-F1 (over the true types) and adjusted Rand index of ``predicted`` against ``truth``.
+
+    A predicted name that is not a true type ("Unassigned", say) counts as wrong.
+    """
+    truth, predicted = np.asarray(truth, dtype=str), np.asarray(predicted, dtype=str)
+    return {
+        "accuracy": float(np.mean(truth == predicted)),
+        "macro_f1": float(f1_score(truth, predicted, labels=np.unique(truth), average="macro", zero_division=0)),
+        "ari": float(adjusted_rand_score(truth, predicted)),
+    }
+
+
+def evaluate_transfer(model, query, truth, **transfer_options) -> dict:
+    """Annotate ``query`` with ``model`` and score the result against ``truth`` (the query's labels per
+    cell, already in the reference's vocabulary).
+
+    Only cells of types the reference knows are scored; the others are counted in ``unknown_types``.
+    Returns the scores of the final labels (``label``: "Unassigned" counts as wrong), of the nearest
+    reference type (``nearest_label``) and of the source network's direct prediction (``source_label``);
+    per scored type its cells and how many got it as ``nearest_label`` (``per_type``); the share of cells
+    called Unassigned, the gene overlap and the number of fine-tuning iterations.
+    """
+    result = model.transfer(query, **transfer_options)
+    truth = pd.Series(np.asarray(truth, dtype=str), index=query.obs_names)
+    known = truth.isin(model.cell_types).to_numpy()
+    obs, scored = result.obs[known], truth[known]
+    correct = (obs["nearest_label"] == scored).groupby(scored).agg(["size", "sum"])
+    return {
+        "n_cells": int(query.n_obs),
+        "n_scored": int(known.sum()),
+        "unknown_types": {str(k): int(v) for k, v in truth[~known].value_counts().items()},
+        **{column: label_scores(scored, obs[column]) for column in SCORED_COLUMNS},
+        "per_type": {str(k): {"cells": int(row["size"]), "correct": int(row["sum"])} for k, row in correct.iterrows()},
+        "unassigned": float((result.labels == "Unassigned").mean()),
+        "gene_overlap": float(result.provenance["genes"]["fraction"]),
+        "n_iter": int(result.provenance["n_iter"]),
+    }
+
+
+def held_out(adata, truth, groups, train: Callable, log: Callable[[str], None] = lambda message: None,
+             **transfer_options) -> dict:
+    """Leave-one-group-out: for each group, ``train`` a reference on the other groups and score it there.
+
+    ``truth`` and ``groups`` are per-cell labels and group names (donors, say) in ``adata``'s order;
+    ``train`` takes an AnnData and returns an :class:`ItClust`; ``log`` receives one line per fold.
+    Returns ``folds`` (per group, what :func:`evaluate_transfer` returns plus ``group``), ``mean`` (the
+    unweighted mean over folds of every score) and ``per_type`` (cells and correct ``nearest_label``
+    calls per type, summed over folds).
+    """
+    truth, groups = np.asarray(truth, dtype=str), np.asarray(groups, dtype=str)
+    names = sorted(set(groups))
+    if len(names) < 2:
+        raise ItClustError(f"held-out evaluation needs at least 2 groups, got {names}")
+    folds = []
+    for name in names:
+        inside = groups == name
+        log(f"held-out {name}: training on {int((~inside).sum())} cells, annotating {int(inside.sum())}")
+        model = train(adata[~inside].copy())
+        folds.append({"group": name, **evaluate_transfer(model, adata[inside].copy(), truth[inside], **transfer_options)})
+    mean = {column: {metric: float(np.mean([fold[column][metric] for fold in folds])) for metric in METRICS}
+            for column in SCORED_COLUMNS}
+    per_type: dict[str, dict[str, int]] = {}
+    for fold in folds:
+        for cell_type, counts in fold["per_type"].items():
+            pooled = per_type.setdefault(cell_type, {"cells": 0, "correct": 0})
+            pooled["cells"] += counts["cells"]
+            pooled["correct"] += counts["correct"]
+    return {"folds": folds, "mean": mean, "per_type": dict(sorted(per_type.items()))}
