@@ -51,6 +51,7 @@ def write_reference(folder, config: dict, tensors: dict[str, torch.Tensor], gene
         config = dict(config, files={name: sha256(staging / name) for name in CHECKED_FILES})
         _write_json(staging / "config.json", config)
         (staging / "README.md").write_text(card)
+        _follow_umask(staging)
         if folder.exists():
             backup = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(backup, ignore_errors=True)
@@ -62,6 +63,15 @@ def write_reference(folder, config: dict, tensors: dict[str, torch.Tensor], gene
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _follow_umask(folder: Path) -> None:
+    """Give a temporary folder and its files the permissions a plain mkdir/open would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def _read_json(path: Path) -> dict:

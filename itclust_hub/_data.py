@@ -11,7 +11,6 @@ then costs ``delta @ W.T + (W @ zero + b)``: work in proportion to the nonzeros,
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import warnings

@@ -7,7 +7,6 @@ import platform
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ._artifact import read_reference, write_reference

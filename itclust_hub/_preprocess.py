@@ -6,7 +6,7 @@ The steps are recorded as a :class:`Recipe` inside every reference so a query ge
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -94,37 +94,3 @@ def lognormalize(X: sp.csr_matrix, input_type: str, target_sum: float, totals=No
     X.data *= np.repeat(scale, np.diff(X.indptr)).astype(np.float32)
     np.log1p(X.data, out=X.data)
     return X
-
-
-def gene_mean_std(X: sp.csr_matrix, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and standard deviation (ddof=1, as scanpy) of a sparse matrix, chunk by chunk."""
-    n = X.shape[0]
-    s = np.zeros(X.shape[1])
-    ss = np.zeros(X.shape[1])
-    for start in range(0, n, chunk):
-        block = X[start : start + chunk]
-        s += np.asarray(block.sum(axis=0)).ravel()
-        ss += np.asarray(block.multiply(block).sum(axis=0)).ravel()
-    mean = s / max(n, 1)
-    var = (ss - n * mean**2) / max(n - 1, 1)
-    std = np.sqrt(np.clip(var, 0, None))
-    std[std == 0] = 1.0
-    return mean.astype(np.float32), std.astype(np.float32)
-
-
-def qc_filter(adata, recipe: Recipe):
-    """Reference-side QC: drop ERCC/MT- genes, cells with few genes and rarely seen genes.
-
-    Returns a filtered copy; ``adata`` is not modified. Query cells are never filtered.
-    """
-    names = adata.var_names.str.upper()
-    keep_genes = ~np.zeros(adata.n_vars, dtype=bool)
-    for prefix in recipe.drop_gene_prefixes:
-        keep_genes &= ~names.str.startswith(prefix.upper())
-    adata = adata[:, keep_genes]
-    X = as_csr(adata.X)
-    genes_per_cell = np.diff(X.indptr)
-    adata = adata[genes_per_cell >= recipe.min_genes_per_cell]
-    X = as_csr(adata.X)
-    cells_per_gene = np.bincount(X.indices, minlength=X.shape[1])
-    return adata[:, cells_per_gene >= recipe.min_cells_per_gene].copy()

@@ -153,7 +153,7 @@ def test_alignment_by_ensembl_ids_from_var_names_or_column(model):
     pbmc = read("pbmc3k_raw_unlabeled")
     by_symbol = _prepared(model, pbmc, gene_key="gene_symbols")
     ensembl = pbmc.copy()
-    ensembl.var_names = ensembl.var["gene_ids"].astype(str).to_numpy()
+    ensembl.var = pd.DataFrame(index=ensembl.var["gene_ids"].astype(str).to_numpy())
     by_id = _prepared(model, ensembl)
     assert by_id.alignment.id_type == "ensembl" and by_symbol.alignment.id_type == "symbol"
     assert by_id.alignment.n_overlap >= 0.9 * by_symbol.alignment.n_overlap
@@ -199,7 +199,7 @@ def test_input_type_detection(query):
 
 
 def test_lognormalised_and_tpm_queries_give_the_same_input(model, query):
-    logged, tpm = query.copy(), query.copy()
+    tpm = query.copy()
     sc.pp.normalize_total(tpm, target_sum=1e6)
     base = _prepared(model, query).data.X
     assert _prepared(model, tpm).input_type == "tpm"

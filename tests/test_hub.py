@@ -225,11 +225,12 @@ def test_parse_reference_kinds(tmp_path):
     assert "does not exist" in one_line_error(parse_reference, "./no/such/folder")
 
 
-def test_packaged_index_has_the_placeholder_references():
+def test_packaged_index_lists_the_bundled_curated_references():
     index = load_index()
     assert {"pancreas-human", "pancreas-mouse"} <= set(index)
     table = list_references(name="pancreas-*")
-    assert set(table["organism"]) == {"human", "mouse"} and not table["cached"].any()
+    assert set(table["organism"]) == {"human", "mouse"}
+    assert table["bundled"].all() and table["cached"].all()
 
 
 def test_list_references_filters_and_cached_column(published, index_dir):
