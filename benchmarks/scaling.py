@@ -116,28 +116,7 @@ def ensure_reference(out: Path) -> Path:
     return folder
 
 
-from sklearn.linear_model import LogisticRegression as _LogisticRegression  # noqa: E402
-
-
-class OvRLogisticRegression(_LogisticRegression):
-    """``LogisticRegression`` that accepts CellTypist's ``multi_class="ovr"`` (scikit-learn >= 1.8 shim):
-    one binary model per type, stacked, as scikit-learn < 1.8 fitted ``"ovr"``. Benchmark only."""
-
-    def __init__(self, multi_class="ovr", **kwargs):
-        super().__init__(**kwargs)
-        self.multi_class = multi_class
-
-    def fit(self, X, y):
-        from sklearn.multiclass import OneVsRestClassifier
-
-        settings = {k: getattr(self, k) for k in _LogisticRegression._get_param_names()}
-        ovr = OneVsRestClassifier(_LogisticRegression(**{**settings, "n_jobs": None}), n_jobs=self.n_jobs).fit(X, y)
-        self.classes_ = ovr.classes_
-        self.coef_ = np.vstack([e.coef_ for e in ovr.estimators_])
-        self.intercept_ = np.concatenate([e.intercept_ for e in ovr.estimators_])
-        self.n_features_in_ = X.shape[1]
-        self.n_iter_ = np.concatenate([e.n_iter_ for e in ovr.estimators_])
-        return self
+from peers import OneVsRestLogisticRegression  # noqa: E402  (CellTypist shim, benchmark only)
 
 
 def _lognorm(adata):
@@ -170,7 +149,7 @@ def ensure_celltypist(out: Path, reference: Path, which: str) -> Path:
         upper = {g.upper(): g for g in human.var_names}
         human = human[:, [upper[g.upper()] for g in genes if g.upper() in upper]].copy()
     train = importlib.import_module("celltypist.train")
-    with mock.patch.object(train, "LogisticRegression", OvRLogisticRegression):
+    with mock.patch.object(train, "LogisticRegression", OneVsRestLogisticRegression):
         model = celltypist.train(_lognorm(human), labels=human.obs[LABEL_KEY].astype(str).to_numpy(), n_jobs=-1)
     model.write(str(path.with_suffix(".partial.pkl")))
     os.replace(path.with_suffix(".partial.pkl"), path)
@@ -237,7 +216,7 @@ def worker(args) -> None:
         start = time.perf_counter()
         _lognorm(adata)
         mid = time.perf_counter()
-        with mock.patch.object(importlib.import_module("celltypist.train"), "LogisticRegression", OvRLogisticRegression):
+        with mock.patch.object(importlib.import_module("celltypist.train"), "LogisticRegression", OneVsRestLogisticRegression):
             pred = celltypist.annotate(adata, model=model, majority_voting=False).predicted_labels
         out["seconds"] = time.perf_counter() - start
         out["annotate_seconds"] = time.perf_counter() - mid
