@@ -91,6 +91,7 @@ def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
         shapes[f"encoder.layers.{i}.bias"] = (b,)
     shapes["centroids"] = (arch["n_types"], sizes[-1])
     shapes["type_profiles"] = (arch["n_types"], arch["n_genes"])
+    shapes["gene_mean"] = shapes["gene_std"] = (arch["n_genes"],)
     return shapes
 
 

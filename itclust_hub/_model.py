@@ -44,6 +44,7 @@ class ItClust:
         self.encoder.eval()
         self.centroids = tensors["centroids"]
         self.type_profiles = tensors["type_profiles"]
+        self.gene_mean, self.gene_std = tensors["gene_mean"], tensors["gene_std"]
         self.source = source or {}
 
     @property
@@ -60,7 +61,8 @@ class ItClust:
 
     @classmethod
     def from_parts(cls, *, name, organism, tissue, recipe: Recipe, hidden_dims, encoder: Encoder, centroids,
-                   type_profiles, genes, gene_ids, cell_types, type_counts, training, metadata) -> "ItClust":
+                   type_profiles, gene_mean, gene_std, genes, gene_ids, cell_types, type_counts, training,
+                   metadata) -> "ItClust":
         """Assemble a reference from trained parts (used by training)."""
         config = {
             "format_version": FORMAT_VERSION,
@@ -77,14 +79,16 @@ class ItClust:
             "metadata": {k: v for k, v in metadata.items() if k != "version"},
         }
         tensors = {f"encoder.{k}": v.detach().clone() for k, v in encoder.state_dict().items()}
-        tensors.update(centroids=centroids.detach().clone(), type_profiles=type_profiles.detach().clone())
+        tensors.update(centroids=centroids.detach().clone(), type_profiles=type_profiles.detach().clone(),
+                       gene_mean=torch.as_tensor(gene_mean).clone(), gene_std=torch.as_tensor(gene_std).clone())
         return cls(config, tensors, {"symbols": genes, "ensembl_ids": gene_ids},
                    {"cell_types": cell_types, "counts": type_counts})
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The weights as they are stored in ``model.safetensors``."""
         out = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
-        out.update(centroids=self.centroids, type_profiles=self.type_profiles)
+        out.update(centroids=self.centroids, type_profiles=self.type_profiles, gene_mean=self.gene_mean,
+                   gene_std=self.gene_std)
         return out
 
     def save_pretrained(self, folder, *, force: bool = False, card: str | None = None) -> Path:
@@ -139,6 +143,7 @@ class ItClust:
         query_organism: str | None = None,
         orthologs=None,
         min_overlap: float = 0.05,
+        scale: str = "auto",
         tol: float = 0.005,
         max_iter: int = 30,
         epochs_per_iter: int = 1,
@@ -172,6 +177,13 @@ class ItClust:
             bundled one-to-one human/mouse table or ``orthologs`` (DataFrame or CSV, a column per organism).
         min_overlap
             Least share of reference genes the query must measure.
+        scale
+            Per-gene statistics the query is scaled with: ``"reference"`` (the reference's mean and standard
+            deviation: the same yardstick as the training cells, so the query's cell-type composition does
+            not shift it), ``"own"`` (the query's own, as the original ItClust: absorbs a shift of a gene's
+            baseline between datasets, needed across species) or ``"auto"``: ``"reference"`` when the query
+            is of the reference's organism and measures at least half of its genes, else ``"own"``. What
+            was used is in ``result.provenance["scale"]``.
         tol, max_iter, epochs_per_iter, batch_size, lr
             Self-training stops when fewer than ``tol`` of labels change between iterations, or after
             ``max_iter`` iterations of ``epochs_per_iter`` epochs.
@@ -203,10 +215,13 @@ class ItClust:
             raise ItClustError(f"device {device!r} is not a torch device ({err})") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ItClustError(f"device {str(device)!r} asked for but torch sees no CUDA GPU; use device='cpu'")
+        if scale == "auto" and query_organism not in (None, self.organism):
+            scale = "own"
         prepared = prepare_query(
             adata, genes=self.genes, gene_ids=self.gene_ids, organism=self.organism, recipe=self.recipe,
             input_type=input_type, gene_key=gene_key, layer=layer, use_raw=use_raw,
             query_organism=query_organism, orthologs=orthologs, min_overlap=min_overlap,
+            scale=scale, reference_stats=(self.gene_mean.numpy(), self.gene_std.numpy()),
             memory_budget=ALIGNED_BUDGET_BYTES if memory_budget is None else int(memory_budget), spill_dir=spill_dir,
         )
         try:

@@ -16,6 +16,8 @@ from ._preprocess import INPUT_TYPES, Recipe, as_csr, check_values, detect_input
 CHUNK_BYTES = 128 * 2**20  # raw nonzeros read at a time (float32 value + int32 index each)
 MIN_CHUNK_CELLS = 64
 ALIGNED_BUDGET_BYTES = 512 * 2**20  # the aligned matrix is spilled to a temporary file above this
+SCALES = ("auto", "reference", "own")
+REFERENCE_SCALE_MIN_OVERLAP = 0.5  # "auto" scaling uses the reference's statistics from this gene overlap up
 N_DETECT_ROWS = 2000
 
 
@@ -92,10 +94,11 @@ class PreparedQuery:
     alignment: GeneAlignment
     input_type: str
     input_type_detected: str
+    scale: str
 
     def summary(self) -> dict:
         return {"input_type": self.input_type, "input_type_detected": self.input_type_detected,
-                "genes": self.alignment.summary()}
+                "scale": self.scale, "genes": self.alignment.summary()}
 
 
 def prepare_query(
@@ -112,6 +115,8 @@ def prepare_query(
     query_organism: str | None = None,
     orthologs=None,
     min_overlap: float = 0.05,
+    scale: str = "own",
+    reference_stats: tuple[np.ndarray, np.ndarray] | None = None,
     memory_budget: int = ALIGNED_BUDGET_BYTES,
     spill_dir=None,
 ) -> PreparedQuery:
@@ -121,11 +126,16 @@ def prepare_query(
     one pass over it (two when the query has duplicated gene names: the most expressed copy is kept).
     The aligned log-normalised matrix stays in memory while it fits ``memory_budget`` bytes; a larger one
     is written to a temporary folder (``spill_dir``, default the system's) and read back chunk by chunk,
-    so memory is bounded by the chunk, not the query. Call ``prepared.data.close()`` when done (the files
+    so memory is bounded by the chunk, not the query. Genes are scaled with the query's own mean and
+    standard deviation (``scale="own"``) or with ``reference_stats``, the reference's (``"reference"``; genes
+    the query lacks still scale to 0); ``"auto"`` takes the reference's when the query measures at least
+    ``REFERENCE_SCALE_MIN_OVERLAP`` of the reference genes, else its own. Call ``prepared.data.close()`` when done (the files
     are also removed when the object is garbage collected).
     """
     check_anndata(adata)
     X, var, var_names = _matrix(adata, layer, use_raw)
+    if scale not in SCALES:
+        raise ItClustError(f"scale must be one of {SCALES}, not {scale!r}")
     if input_type != "auto" and input_type not in INPUT_TYPES:
         raise ItClustError(f"input_type must be 'auto' or one of {INPUT_TYPES}, not {input_type!r}")
     rename = None
@@ -169,9 +179,15 @@ def prepare_query(
         builder.discard()
         raise
     mean, std = _mean_std(sums, squares, n_obs)
+    if scale == "auto":
+        scale = "reference" if alignment.n_overlap >= REFERENCE_SCALE_MIN_OVERLAP * n_ref else "own"
+    if scale == "reference":
+        present = alignment.present
+        mean = np.where(present, reference_stats[0], 0).astype(np.float32)
+        std = np.where(present, reference_stats[1], 1).astype(np.float32)
     gain = alignment.n_reference / alignment.n_overlap if recipe.rescale_missing else 1.0
     data = ScaledMatrix(X_aligned, mean, std, recipe.max_value, gain, dense_budget=min(DENSE_BUDGET_BYTES, memory_budget))
-    return PreparedQuery(data, alignment, used, detected)
+    return PreparedQuery(data, alignment, used, detected, scale)
 
 
 def _mean_std(sums: np.ndarray, squares: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -374,6 +374,8 @@ def train_reference(
         encoder=net.encoder,
         centroids=net.centroids.detach(),
         type_profiles=profiles.cpu(),
+        gene_mean=atlas.mean,
+        gene_std=atlas.std,
         genes=atlas.genes,
         gene_ids=gene_ids,
         cell_types=atlas.cell_types,

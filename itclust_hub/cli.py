@@ -205,6 +205,8 @@ def _write_h5ad(adata, path: Path) -> None:
               help="What the values are; auto detects raw counts, log-normalised values or TPM.")
 @click.option("--query-organism", help="Organism of the query when it differs from the reference's (e.g. mouse).")
 @click.option("--orthologs", type=click.Path(dir_okay=False), help="CSV ortholog table, one column per organism.")
+@click.option("--scale", type=click.Choice(["auto", "reference", "own"]), default="auto", show_default=True,
+              help="Scale genes with the reference's statistics or the query's own (auto: own across species).")
 @click.option("--revision", help="Reference branch, tag or commit (like NAME@REVISION).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the fine-tuning.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
@@ -215,8 +217,8 @@ def _write_h5ad(adata, path: Path) -> None:
 @click.option("--truth-key", help="obs column with the query's own labels: adds a confusion heatmap to the report.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (bars show only on a terminal anyway).")
-def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_organism, orthologs, revision,
-             seed, device, tables, report, truth_key, force, no_progress) -> None:
+def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_organism, orthologs, scale,
+             revision, seed, device, tables, report, truth_key, force, no_progress) -> None:
     """Annotate QUERY with reference NAME and write the annotated OUT.h5ad.
 
     NAME is a registry name (see `itclust-hub list`), org/repo[@rev], a reference folder or a URL.
@@ -239,8 +241,8 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
         raise ItClustError(f"--truth-key {truth_key!r} is not an obs column of {query} "
                            f"(have {', '.join(map(str, adata.obs.columns)) or 'none'})")
     result = model.transfer(adata, gene_key=gene_key, layer=layer, use_raw=use_raw, input_type=input_type,
-                            query_organism=query_organism, orthologs=orthologs, seed=seed, device=device,
-                            progress=_progress(no_progress))
+                            query_organism=query_organism, orthologs=orthologs, scale=scale, seed=seed,
+                            device=device, progress=_progress(no_progress))
     written = []
     if tables is not None:
         written += result.write_tables(tables, force=force)
