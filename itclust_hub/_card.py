@@ -105,8 +105,10 @@ def _preprocessing_section(config: dict) -> list[str]:
         f"Input: {train.get('input_type', 'counts')}. Cells with < {pre['min_genes_per_cell']} genes and genes in "
         f"< {pre['min_cells_per_gene']} cells dropped, genes starting with {', '.join(pre['drop_gene_prefixes'])} "
         f"removed, normalised to {pre['target_sum']:g} counts per cell, log1p, {pre['n_top_genes']} highly variable "
-        f"genes requested (Seurat flavour), scaled per dataset (own statistics) and clipped at {pre['max_value']:g}. "
-        "A query gets the same steps with its own scaling statistics; genes it lacks sit at the scaled mean"
+        f"genes requested (Seurat flavour), scaled to zero mean and unit variance and clipped at {pre['max_value']:g}. "
+        "A query gets the same steps, scaled with this reference's gene means and standard deviations (stored "
+        "with the weights), or with its own when it is of another organism or measures under half of the genes "
+        "(`transfer(scale=...)` chooses); genes it lacks sit at the scaled mean"
         + (", the present ones rescaled to keep the input's size." if pre.get("rescale_missing") else "."),
         "",
     ]

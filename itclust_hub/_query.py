@@ -1,5 +1,6 @@
 """Turn a user's AnnData into network input for a reference: checks, gene alignment (with orthologs),
-count-type detection, normalisation and the query's own scaling statistics, chunk by chunk."""
+count-type detection, normalisation and scaling (with the reference's or the query's own gene statistics),
+chunk by chunk."""
 
 from __future__ import annotations
 

@@ -172,6 +172,33 @@ def test_partial_overlap_is_reported_and_missing_genes_sit_at_zero(model, query)
     assert accuracy_score(partial.obs["cell_type1"], result.obs["nearest_label"]) >= 0.8
 
 
+def _scaled(model, adata, scale):
+    prepared = _prepared(model, adata, scale=scale, reference_stats=(model.gene_mean.numpy(), model.gene_std.numpy()))
+    return prepared.scale, prepared.data.rows(np.arange(adata.n_obs)).numpy()
+
+
+def test_reference_scaling_does_not_depend_on_the_query_composition(model, query):
+    beta = (query.obs["cell_type1"] == "beta").to_numpy()
+    _, whole = _scaled(model, query, "reference")
+    _, beta_only = _scaled(model, query[beta].copy(), "reference")
+    np.testing.assert_array_equal(whole[beta], beta_only)
+    _, own_whole = _scaled(model, query, "own")
+    _, own_beta_only = _scaled(model, query[beta].copy(), "own")
+    assert np.abs(own_whole[beta] - own_beta_only).max() > 1  # own statistics move with the composition
+
+
+def test_scale_auto_picks_reference_statistics_unless_few_genes_or_another_species(model, query):
+    assert _scaled(model, query[:50].copy(), "auto")[0] == "reference"
+    half = model.genes[: len(model.genes) // 2 - 1]
+    assert _scaled(model, query[:50, query.var_names.isin(half)].copy(), "auto")[0] == "own"
+    mouse = read("baron_mouse_pancreas")[:300].copy()
+    assert model.transfer(mouse, query_organism="mouse", progress=False, max_iter=1).provenance["scale"] == "own"
+    result = model.transfer(query[:300].copy(), progress=False, max_iter=1, scale="own")
+    assert result.provenance["scale"] == "own"
+    with pytest.raises(ItClustError, match="scale must be one of"):
+        model.transfer(query, scale="query", progress=False)
+
+
 def test_duplicated_query_genes_keep_the_most_expressed_copy(model, query):
     gene = model.genes[0]
     col = query[:, [gene]].X
