@@ -1,12 +1,13 @@
-"""Write the README's accuracy table from the accuracy benchmark's CSVs.
+"""Write the accuracy table of the README and of benchmarks/RESULTS.md from the accuracy benchmark's CSVs.
 
     python benchmarks/readme_table.py [--csv benchmarks/results/accuracy_itclust.csv
-                                             benchmarks/results/accuracy_peers.csv] [--readme README.md]
+                                             benchmarks/results/accuracy_peers.csv]
+                                      [--docs README.md benchmarks/RESULTS.md]
 
 Each cell is accuracy / macro-F1, the mean over the seeds in the CSVs; "best peer" names the peer with the
 highest accuracy and the one with the highest macro-F1; itclust-hub is bold where its accuracy and its
 macro-F1 are each at least the best of the peers'. The table
-replaces the lines between ``<!-- accuracy-table -->`` and ``<!-- /accuracy-table -->`` in the README.
+replaces the lines between ``<!-- accuracy-table -->`` and ``<!-- /accuracy-table -->`` in each document.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def table(scores: pd.DataFrame) -> str:
 def replace_block(text: str, block: str) -> str:
     """``text`` with the lines between the table markers replaced by ``block``."""
     if START not in text or END not in text:
-        raise SystemExit(f"the README has no {START} ... {END} block")
+        raise SystemExit(f"no {START} ... {END} block to replace")
     head, rest = text.split(START, 1)
     return f"{head}{START}\n{block}\n{END}{rest.split(END, 1)[1]}"
 
@@ -58,12 +59,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--csv", type=Path, nargs="+",
                         default=[RESULTS / "accuracy_itclust.csv", RESULTS / "accuracy_peers.csv"])
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--docs", type=Path, nargs="+", default=[ROOT / "README.md", RESULTS.parent / "RESULTS.md"])
     args = parser.parse_args(argv)
     block = table(pd.concat([pd.read_csv(path) for path in args.csv], ignore_index=True))
-    tmp = args.readme.with_name(f".{args.readme.name}.tmp")
-    tmp.write_text(replace_block(args.readme.read_text(), block))
-    tmp.replace(args.readme)
+    for doc in args.docs:
+        tmp = doc.with_name(f".{doc.name}.tmp")
+        tmp.write_text(replace_block(doc.read_text(), block))
+        tmp.replace(doc)
     print(block)
     return 0
 
