@@ -71,6 +71,12 @@ def input_type_text(provenance: dict) -> str:
     return f"{used} (chosen by the user; detected {detected})"
 
 
+def scale_text(provenance: dict) -> str:
+    """Whose gene statistics the query was scaled with."""
+    return {"reference": "the reference's gene means and standard deviations",
+            "own": "the query's own gene means and standard deviations"}.get(provenance.get("scale"), "unknown")
+
+
 def warnings(result) -> list[str]:
     """Plain-language warnings when the query does not fit the reference well."""
     out = []
@@ -115,6 +121,7 @@ def summary_markdown(result, figures: list[str], truth: pd.Series | None = None,
         f"- Query: {len(result.obs):,} cells, organism {prov.get('query_organism', '?')}",
         f"- Genes: {gene_overlap_text(prov)}",
         f"- Input type assumed: {input_type_text(prov)}",
+        f"- Scaled with: {scale_text(prov)}",
         f"- Fine-tuning: {prov.get('n_iter', '?')} iterations "
         f"({'converged' if prov.get('converged') else 'not converged'}); "
         f"{result.changed_fraction:.1%} of cells changed type from the source network's direct prediction",

@@ -227,7 +227,7 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
     """
     from ._io import read_query
     from ._model import ItClust
-    from ._report import gene_overlap_text, input_type_text, label_counts, refuse_overwrite, warnings
+    from ._report import gene_overlap_text, input_type_text, label_counts, refuse_overwrite, scale_text, warnings
 
     if out.suffix != ".h5ad":
         raise ItClustError(f"-o {out} must end in .h5ad")
@@ -259,6 +259,7 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
     click.echo(f"Annotated {len(result.obs):,} cells with {prov.get('reference')}{revision_text}")
     click.echo(f"Genes: {gene_overlap_text(prov)}")
     click.echo(f"Input type assumed: {input_type_text(prov)}")
+    click.echo(f"Scaled with: {scale_text(prov)}")
     click.echo("Labels: " + ", ".join(f"{label} {n:,}" for label, n in counts["cells"].items()))
     click.echo(f"Novel clusters: {len(novel)} of {len(result.clusters)}"
                + (f" ({novel['size'].sum():,} cells labelled Unassigned; nearest: "

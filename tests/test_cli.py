@@ -104,7 +104,9 @@ def test_transfer_end_to_end(reference_dir, query_file, tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0] == f"Annotated 300 cells with {REFERENCE_NAME}"
     assert lines[2] == "Input type assumed: counts (detected)"
-    counts = dict(item.rsplit(" ", 1) for item in lines[3].removeprefix("Labels: ").split(", "))
+    assert lines[3] == "Scaled with: the reference's gene means and standard deviations"
+    assert provenance["scale"] == "reference" and "Scaled with: the reference's" in summary
+    counts = dict(item.rsplit(" ", 1) for item in lines[4].removeprefix("Labels: ").split(", "))
     assert {k: int(v) for k, v in counts.items()} == labels.value_counts().to_dict()
     assert lines[-1].startswith(f"Wrote: {out}, {tables / 'labels.csv'}")
     warned = (labels == "Unassigned").mean() >= 0.25
