@@ -215,8 +215,6 @@ class ItClust:
             raise ItClustError(f"device {device!r} is not a torch device ({err})") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ItClustError(f"device {str(device)!r} asked for but torch sees no CUDA GPU; use device='cpu'")
-        if scale == "auto" and query_organism not in (None, self.organism):
-            scale = "own"
         prepared = prepare_query(
             adata, genes=self.genes, gene_ids=self.gene_ids, organism=self.organism, recipe=self.recipe,
             input_type=input_type, gene_key=gene_key, layer=layer, use_raw=use_raw,

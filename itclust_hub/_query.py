@@ -129,9 +129,9 @@ def prepare_query(
     is written to a temporary folder (``spill_dir``, default the system's) and read back chunk by chunk,
     so memory is bounded by the chunk, not the query. Genes are scaled with the query's own mean and
     standard deviation (``scale="own"``) or with ``reference_stats``, the reference's (``"reference"``; genes
-    the query lacks still scale to 0); ``"auto"`` takes the reference's when the query measures at least
-    ``REFERENCE_SCALE_MIN_OVERLAP`` of the reference genes, else its own. Call ``prepared.data.close()`` when done (the files
-    are also removed when the object is garbage collected).
+    the query lacks still scale to 0); ``"auto"`` takes the reference's when the query is of the reference's
+    organism and measures at least ``REFERENCE_SCALE_MIN_OVERLAP`` of its genes, else its own. Call
+    ``prepared.data.close()`` when done (the files are also removed when the object is garbage collected).
     """
     check_anndata(adata)
     X, var, var_names = _matrix(adata, layer, use_raw)
@@ -161,6 +161,9 @@ def prepare_query(
     detected = detect_input_type(sample)
     used = detected if input_type == "auto" else input_type
     columns, n_ref = _column_map(alignment), alignment.n_reference
+    if scale == "auto":
+        same_species = rename is None
+        scale = "reference" if same_species and alignment.n_overlap >= REFERENCE_SCALE_MIN_OVERLAP * n_ref else "own"
     sums, squares = np.zeros(n_ref), np.zeros(n_ref)
     builder = CSRBuilder(n_ref, memory_budget, spill_dir)
     expected = 8 * _align(sample, columns, n_ref).nnz / max(sample.shape[0], 1) * n_obs
@@ -171,18 +174,18 @@ def prepare_query(
             check_values(chunk)
             totals = _row_sums(chunk, counted) if used != "lognorm" else None
             aligned = lognormalize(_align(chunk, columns, n_ref), used, recipe.target_sum, totals)
-            values = aligned.data.astype(np.float64)
-            sums += np.bincount(aligned.indices, weights=values, minlength=n_ref)
-            squares += np.bincount(aligned.indices, weights=values * values, minlength=n_ref)
+            if scale == "own":
+                values = aligned.data.astype(np.float64)
+                sums += np.bincount(aligned.indices, weights=values, minlength=n_ref)
+                squares += np.bincount(aligned.indices, weights=values * values, minlength=n_ref)
             builder.append(aligned)
         X_aligned = builder.finish()
     except BaseException:
         builder.discard()
         raise
-    mean, std = _mean_std(sums, squares, n_obs)
-    if scale == "auto":
-        scale = "reference" if alignment.n_overlap >= REFERENCE_SCALE_MIN_OVERLAP * n_ref else "own"
-    if scale == "reference":
+    if scale == "own":
+        mean, std = _mean_std(sums, squares, n_obs)
+    else:
         present = alignment.present
         mean = np.where(present, reference_stats[0], 0).astype(np.float32)
         std = np.where(present, reference_stats[1], 1).astype(np.float32)

@@ -16,7 +16,8 @@ import pandas as pd
 from ._errors import ItClustError
 from ._result import TABLE_FILES
 
-INPUT_TYPES = ("auto", "counts", "lognorm", "tpm")
+INPUT_TYPES = ("auto", "counts", "lognorm", "tpm")  # kept here so the CLI starts without importing torch
+SCALES = ("auto", "reference", "own")
 _DESCRIPTION_WIDTH = 48
 
 
@@ -205,7 +206,7 @@ def _write_h5ad(adata, path: Path) -> None:
               help="What the values are; auto detects raw counts, log-normalised values or TPM.")
 @click.option("--query-organism", help="Organism of the query when it differs from the reference's (e.g. mouse).")
 @click.option("--orthologs", type=click.Path(dir_okay=False), help="CSV ortholog table, one column per organism.")
-@click.option("--scale", type=click.Choice(["auto", "reference", "own"]), default="auto", show_default=True,
+@click.option("--scale", type=click.Choice(SCALES), default="auto", show_default=True,
               help="Scale genes with the reference's statistics or the query's own (auto: own across species).")
 @click.option("--revision", help="Reference branch, tag or commit (like NAME@REVISION).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the fine-tuning.")
