@@ -19,7 +19,7 @@ import torch
 
 from ._data import ScaledMatrix
 from ._errors import ItClustError
-from ._preprocess import Recipe, as_csr, check_values, detect_input_type, lognormalize
+from ._preprocess import Recipe, as_csr, check_values, lognormalize, resolve_input_type
 
 CHUNK_CELLS = 8192
 N_DETECT_ROWS = 2000
@@ -158,11 +158,10 @@ def scan_atlas(adata, codes: np.ndarray, cell_types: list[str], recipe: Recipe, 
     integer is refused.
     """
     X = adata.X
-    detected = detect_input_type(as_csr(X[: min(N_DETECT_ROWS, adata.n_obs)]))
-    if input_type == "counts" and detected != "counts":
+    used_type, detected = resolve_input_type(input_type, as_csr(X[: min(N_DETECT_ROWS, adata.n_obs)]))
+    if used_type == "counts" and detected != "counts":
         raise ItClustError(f"the atlas holds non-integer values ({detected}?) but counts were asked for; pass raw "
                            "counts (e.g. from a counts layer) or input_type='lognorm'/'tpm'")
-    used_type = detected if input_type == "auto" else input_type
     names = adata.var_names.astype(str).str.upper()
     gene_ok = ~np.any([names.str.startswith(p.upper()) for p in recipe.drop_gene_prefixes], axis=0)
     passed, cells_per_gene = _qc_cells(X, adata.n_obs, codes >= 0, gene_ok, recipe, shard)

@@ -77,14 +77,21 @@ def detect_input_type(X: sp.csr_matrix, n_rows: int = 2000) -> str:
     return "lognorm" if data.max() < 30 else "tpm"
 
 
+def resolve_input_type(requested: str, sample: sp.csr_matrix) -> tuple[str, str]:
+    """Check ``requested`` (``"auto"`` or one of ``INPUT_TYPES``) and return ``(used, detected)``, the type
+    detected on ``sample`` (rows of the data) and the one to use."""
+    if requested != "auto" and requested not in INPUT_TYPES:
+        raise ItClustError(f"input_type must be 'auto' or one of {INPUT_TYPES}, not {requested!r}")
+    detected = detect_input_type(sample)
+    return (detected if requested == "auto" else requested), detected
+
+
 def lognormalize(X: sp.csr_matrix, input_type: str, target_sum: float, totals=None) -> sp.csr_matrix:
     """Normalise each cell to ``target_sum`` and log1p, as fits ``input_type``; returns a new CSR.
 
     ``totals`` are the per-cell sums used for normalisation (default: the row sums of ``X``); a query
     aligned to fewer genes passes the totals of its full matrix so depth is not distorted.
     """
-    if input_type not in INPUT_TYPES:
-        raise ItClustError(f"input_type must be one of {INPUT_TYPES} or 'auto', not {input_type!r}")
     X = X.copy()
     if input_type == "lognorm":
         return X

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from ._data import DENSE_BUDGET_BYTES, CSRBuilder, ScaledMatrix
 from ._errors import ItClustError
 from ._genes import GeneAlignment, align_genes, ortholog_map
-from ._preprocess import INPUT_TYPES, Recipe, as_csr, check_values, detect_input_type, lognormalize
+from ._preprocess import Recipe, as_csr, check_values, lognormalize, resolve_input_type
 
 CHUNK_BYTES = 128 * 2**20  # raw nonzeros read at a time (float32 value + int32 index each)
 MIN_CHUNK_CELLS = 64
@@ -137,8 +137,6 @@ def prepare_query(
     X, var, var_names = _matrix(adata, layer, use_raw)
     if scale not in SCALES:
         raise ItClustError(f"scale must be one of {SCALES}, not {scale!r}")
-    if input_type != "auto" and input_type not in INPUT_TYPES:
-        raise ItClustError(f"input_type must be 'auto' or one of {INPUT_TYPES}, not {input_type!r}")
     rename = None
     if query_organism is not None and query_organism != organism:
         rename = ortholog_map(query_organism, organism, orthologs)
@@ -147,6 +145,7 @@ def prepare_query(
     n_obs = adata.n_obs
     sample = as_csr(X[:N_DETECT_ROWS])
     check_values(sample)
+    used, detected = resolve_input_type(input_type, sample)
     size = _chunk_cells(sample, memory_budget)
     ids = None if gene_ids is None or all(g is None for g in gene_ids) else [g or "" for g in gene_ids]
     align = lambda totals: align_genes(var, var_names, genes, ids, gene_key=gene_key, rename=rename,  # noqa: E731
@@ -158,8 +157,6 @@ def prepare_query(
             check_values(chunk)
             gene_totals += np.asarray(chunk.sum(axis=0)).ravel()
         alignment = align(gene_totals)
-    detected = detect_input_type(sample)
-    used = detected if input_type == "auto" else input_type
     columns, n_ref = _column_map(alignment), alignment.n_reference
     if scale == "auto":
         same_species = rename is None
