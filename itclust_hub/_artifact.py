@@ -92,6 +92,8 @@ def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     shapes["centroids"] = (arch["n_types"], sizes[-1])
     shapes["type_profiles"] = (arch["n_types"], arch["n_genes"])
     shapes["gene_mean"] = shapes["gene_std"] = (arch["n_genes"],)
+    shapes["gene_loadings"] = (arch["n_genes"], arch["n_components"])
+    shapes["gene_noise"] = ()
     return shapes
 
 

@@ -108,8 +108,9 @@ def _preprocessing_section(config: dict) -> list[str]:
         f"genes requested (Seurat flavour), scaled to zero mean and unit variance and clipped at {pre['max_value']:g}. "
         "A query gets the same steps, scaled with this reference's gene means and standard deviations (stored "
         "with the weights), or with its own when it is of another organism or measures under half of the genes "
-        "(`transfer(scale=...)` chooses); genes it lacks sit at the scaled mean"
-        + (", the present ones rescaled to keep the input's size." if pre.get("rescale_missing") else "."),
+        "(`transfer(scale=...)` chooses). Genes it lacks are filled in with their expected values given the genes "
+        f"it measures, from a probabilistic PCA of the training cells ({config['architecture']['n_components']} "
+        "components, stored with the weights).",
         "",
     ]
 
@@ -124,7 +125,8 @@ def _network_section(config: dict) -> list[str]:
                       f"{train['epochs_run']} of at most {train['epochs']} supervised epochs (KL loss against labels "
                       f"smoothed by {train['label_smoothing']:g}, early stopping on a {train['val_fraction']:g} "
                       f"validation split). Gene masking: {train['mask_prob']:g} of batches lose up to "
-                      f"{train['mask_max_rate']:g} of their genes. Seed {train['seed']}.")
+                      f"{train['mask_max_rate']:g} of their genes, filled in from the rest as at transfer. "
+                      f"Seed {train['seed']}.")
     return lines + [""]
 
 

@@ -2,7 +2,7 @@
 with per-gene mean/std. Dense rows are scaled and clipped one minibatch at a time, so memory is bounded by
 the batch (or by ``dense_budget`` when a small matrix is cached dense).
 
-Scaling is ``clip((x - mean) / std, -max_value, max_value) * gain``. A zero entry of gene ``g`` always
+Scaling is ``clip((x - mean) / std, -max_value, max_value)``. A zero entry of gene ``g`` always
 scales to the same value ``zero[g]``, so a block of scaled rows is exactly ``zero`` (broadcast) plus a
 sparse matrix with the structure of the input: ``delta = scaled(x) - zero[g]`` at the stored entries.
 Clipping is applied entry by entry before the split, so the identity holds with clipping. A linear layer
@@ -138,18 +138,15 @@ class CSRBuilder:
 class ScaledMatrix:
     """Log-normalised cells x genes (CSR or :class:`DiskCSR`) with per-gene mean/std; yields scaled rows.
 
-    Genes the data does not measure are all-zero columns, so they stay at the scaled mean (0); ``gain``
-    multiplies the scaled values so that activations keep their size when genes are missing.
+    Genes the data does not measure are all-zero columns with mean 0 and std 1, so they scale to 0.
     """
 
-    def __init__(self, X, mean, std, max_value: float, gain: float = 1.0,
-                 dense_budget: int = DENSE_BUDGET_BYTES):
+    def __init__(self, X, mean, std, max_value: float, dense_budget: int = DENSE_BUDGET_BYTES):
         self.X = X
         self.n_cells, self.n_genes = X.shape
         self.mean = torch.as_tensor(mean, dtype=torch.float32)
         self.inv_std = 1.0 / torch.as_tensor(std, dtype=torch.float32)
         self.max_value = max_value
-        self.gain = gain
         self.dense_budget = dense_budget
         self.zero = self._scale(torch.zeros(1, self.n_genes))[0]  # the scaled value of a zero entry, per gene
         self._np = (self.mean.numpy(), self.inv_std.numpy(), self.zero.numpy())
@@ -167,8 +164,7 @@ class ScaledMatrix:
         return self.X.nnz / max(self.n_cells * self.n_genes, 1)
 
     def _scale(self, block: torch.Tensor) -> torch.Tensor:
-        scaled = ((block - self.mean) * self.inv_std).clamp_(-self.max_value, self.max_value)
-        return scaled.mul_(self.gain) if self.gain != 1.0 else scaled
+        return ((block - self.mean) * self.inv_std).clamp_(-self.max_value, self.max_value)
 
     def block(self, start: int, stop: int) -> sp.csr_matrix:
         """Log-normalised (unscaled) rows ``start:stop`` as an in-memory CSR."""
@@ -199,8 +195,6 @@ class ScaledMatrix:
         mean, inv_std, zero = self._np
         j = block.indices
         values = np.clip((block.data - mean[j]) * inv_std[j], -self.max_value, self.max_value)
-        if self.gain != 1.0:
-            values *= np.float32(self.gain)
         values -= zero[j]
         return sp.csr_matrix((values.astype(np.float32, copy=False), j, block.indptr), shape=block.shape)
 

@@ -13,6 +13,7 @@ from ._artifact import read_reference, write_reference
 from ._card import render_card
 from ._errors import ItClustError
 from ._format import FORMAT_VERSION
+from ._impute import impute_missing
 from ._network import Encoder
 from ._preprocess import Recipe
 from ._query import prepare_query
@@ -45,6 +46,7 @@ class ItClust:
         self.centroids = tensors["centroids"]
         self.type_profiles = tensors["type_profiles"]
         self.gene_mean, self.gene_std = tensors["gene_mean"], tensors["gene_std"]
+        self.gene_loadings, self.gene_noise = tensors["gene_loadings"], tensors["gene_noise"]
         self.source = source or {}
 
     @property
@@ -61,8 +63,8 @@ class ItClust:
 
     @classmethod
     def from_parts(cls, *, name, organism, tissue, recipe: Recipe, hidden_dims, encoder: Encoder, centroids,
-                   type_profiles, gene_mean, gene_std, genes, gene_ids, cell_types, type_counts, training,
-                   metadata) -> "ItClust":
+                   type_profiles, gene_mean, gene_std, gene_loadings, gene_noise, genes, gene_ids, cell_types,
+                   type_counts, training, metadata) -> "ItClust":
         """Assemble a reference from trained parts (used by training)."""
         config = {
             "format_version": FORMAT_VERSION,
@@ -72,7 +74,8 @@ class ItClust:
             "tissue": tissue,
             "n_cells": int(sum(type_counts)),
             "architecture": {"n_genes": len(genes), "hidden_dims": list(hidden_dims),
-                             "n_types": len(cell_types), "alpha": 1.0},
+                             "n_types": len(cell_types), "alpha": 1.0,
+                             "n_components": int(gene_loadings.shape[1])},
             "preprocessing": recipe.to_dict(),
             "training": training,
             "library_versions": _library_versions(),
@@ -80,7 +83,9 @@ class ItClust:
         }
         tensors = {f"encoder.{k}": v.detach().clone() for k, v in encoder.state_dict().items()}
         tensors.update(centroids=centroids.detach().clone(), type_profiles=type_profiles.detach().clone(),
-                       gene_mean=torch.as_tensor(gene_mean).clone(), gene_std=torch.as_tensor(gene_std).clone())
+                       gene_mean=torch.as_tensor(gene_mean).clone(), gene_std=torch.as_tensor(gene_std).clone(),
+                       gene_loadings=torch.as_tensor(gene_loadings).clone(),
+                       gene_noise=torch.tensor(gene_noise, dtype=torch.float32))
         return cls(config, tensors, {"symbols": genes, "ensembl_ids": gene_ids},
                    {"cell_types": cell_types, "counts": type_counts})
 
@@ -88,7 +93,7 @@ class ItClust:
         """The weights as they are stored in ``model.safetensors``."""
         out = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
         out.update(centroids=self.centroids, type_profiles=self.type_profiles, gene_mean=self.gene_mean,
-                   gene_std=self.gene_std)
+                   gene_std=self.gene_std, gene_loadings=self.gene_loadings, gene_noise=self.gene_noise)
         return out
 
     def save_pretrained(self, folder, *, force: bool = False, card: str | None = None) -> Path:
@@ -188,8 +193,10 @@ class ItClust:
             Self-training stops when fewer than ``tol`` of labels change between iterations, or after
             ``max_iter`` iterations of ``epochs_per_iter`` epochs.
         min_confidence, min_similarity
-            A cluster is novel ("Unassigned") when its ItClust confidence is below ``min_confidence`` or
-            the correlation of its mean expression with its reference type is below ``min_similarity``.
+            A cluster is named after the reference type most of its cells started self-training with.
+            It is novel ("Unassigned") when that majority's share (ItClust's confidence) is below
+            ``min_confidence``, when the correlation of its mean expression with its type's is below
+            ``min_similarity``, or when another reference type's correlates better.
         seed, device, progress
             Determinism, torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...), and the progress bar
             (default: only on a terminal).
@@ -223,8 +230,9 @@ class ItClust:
             memory_budget=ALIGNED_BUDGET_BYTES if memory_budget is None else int(memory_budget), spill_dir=spill_dir,
         )
         try:
+            encoder = impute_missing(self.encoder, self.gene_loadings, float(self.gene_noise), prepared.alignment.present)
             outcome = fine_tune(
-                self.encoder, self.centroids, prepared.data, tol=tol, max_iter=max_iter,
+                encoder, self.centroids, prepared.data, tol=tol, max_iter=max_iter,
                 epochs_per_iter=epochs_per_iter, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
                 max_cells_per_iter=max_cells_per_iter, device=device,
             )

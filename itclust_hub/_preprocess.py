@@ -27,7 +27,6 @@ class Recipe:
     n_top_genes: int = 2000
     max_value: float = 6.0
     scale_with: str = "own"
-    rescale_missing: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)

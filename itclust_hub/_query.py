@@ -129,7 +129,7 @@ def prepare_query(
     is written to a temporary folder (``spill_dir``, default the system's) and read back chunk by chunk,
     so memory is bounded by the chunk, not the query. Genes are scaled with the query's own mean and
     standard deviation (``scale="own"``) or with ``reference_stats``, the reference's (``"reference"``; genes
-    the query lacks still scale to 0); ``"auto"`` takes the reference's when the query is of the reference's
+    the query lacks scale to 0, and the reference fills them in, see ``_impute``); ``"auto"`` takes the reference's when the query is of the reference's
     organism and measures at least ``REFERENCE_SCALE_MIN_OVERLAP`` of its genes, else its own. Call
     ``prepared.data.close()`` when done (the files are also removed when the object is garbage collected).
     """
@@ -186,8 +186,7 @@ def prepare_query(
         present = alignment.present
         mean = np.where(present, reference_stats[0], 0).astype(np.float32)
         std = np.where(present, reference_stats[1], 1).astype(np.float32)
-    gain = alignment.n_reference / alignment.n_overlap if recipe.rescale_missing else 1.0
-    data = ScaledMatrix(X_aligned, mean, std, recipe.max_value, gain, dense_budget=min(DENSE_BUDGET_BYTES, memory_budget))
+    data = ScaledMatrix(X_aligned, mean, std, recipe.max_value, dense_budget=min(DENSE_BUDGET_BYTES, memory_budget))
     return PreparedQuery(data, alignment, used, detected, scale)
 
 

@@ -26,14 +26,15 @@ class TransferResult:
     ----------
     obs
         One row a cell (index = the query's ``obs_names``): ``label`` (``"Unassigned"`` where the cell's
-        cluster is judged novel), ``nearest_label`` (the reference type the cluster grew from),
+        cluster is judged novel), ``nearest_label`` (the cluster's reference type),
         ``source_label`` (the source network's direct prediction, before fine-tuning), ``cluster``,
         ``probability`` (soft assignment to its cluster), ``cluster_confidence`` and ``novel``.
     probabilities
-        Cells x reference types soft assignment (types that received no cells are 0).
+        Cells x reference types soft assignment: a type's share is the sum over the clusters named by it
+        (types that name no cluster are 0).
     clusters
         One row a target cluster: ``label``, ``nearest_label``, ``size``, ``confidence`` (ItClust's share of
-        cells kept since the start of fine-tuning), ``similarity`` (correlation of the cluster's mean
+        its cells whose label fine-tuning kept), ``similarity`` (correlation of the cluster's mean
         expression with its reference type) and ``novel``.
     embedding
         Cells x latent dimensions of the fine-tuned encoder.
@@ -163,18 +164,26 @@ class atomic_path:
 
 def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, present: np.ndarray, obs_names,
                  min_confidence: float, min_similarity: float, provenance: dict) -> TransferResult:
-    """Name clusters through the kept types, score them and assemble the :class:`TransferResult`."""
+    """Name each target cluster, score it and assemble the :class:`TransferResult`.
+
+    A cluster is named after the reference type most of its cells started self-training with (rather than
+    the type whose centroid it started from: self-training can move a population onto a neighbouring
+    centroid, as alpha cells gathered at a 3-cell mast centroid on a small query with a weak reference).
+    Its confidence, ItClust's share of cells whose label fine-tuning kept, is that majority's share. It is
+    novel when its confidence or its expression's correlation with its type is low, or when its expression
+    correlates better with another type's.
+    """
     names = np.asarray(cell_types, dtype=object)
-    kept = outcome.kept_types
-    n_clusters = len(kept)
+    n_clusters = outcome.q.shape[1]
+    votes = np.zeros((n_clusters, len(names)))
+    np.add.at(votes, (outcome.clusters, outcome.start_codes), 1)
     sizes = np.bincount(outcome.clusters, minlength=n_clusters)
-    kept_share = np.bincount(outcome.clusters, weights=outcome.initial_clusters == outcome.clusters,
-                             minlength=n_clusters)
-    confidence = np.divide(kept_share, sizes, out=np.zeros(n_clusters), where=sizes > 0)
-    similarity = np.array([_correlation(outcome.cluster_profiles[k][present], type_profiles[kept[k]][present])
-                           for k in range(n_clusters)])
-    novel = (confidence < min_confidence) | (similarity < min_similarity)
-    cluster_names = names[kept]
+    named = votes.argmax(1)  # reference type of each cluster
+    confidence = np.divide(votes[np.arange(n_clusters), named], sizes, out=np.zeros(n_clusters), where=sizes > 0)
+    similarities = _correlations(outcome.cluster_profiles[:, present], type_profiles[:, present])
+    similarity = similarities[np.arange(n_clusters), named]
+    novel = (confidence < min_confidence) | (similarity < min_similarity) | (similarities.argmax(1) != named)
+    cluster_names = names[named]
     clusters = pd.DataFrame({
         "label": np.where(novel, UNASSIGNED, cluster_names),
         "nearest_label": cluster_names,
@@ -195,8 +204,7 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
         "cluster_confidence": confidence[c],
         "novel": novel[c],
     }, index=pd.Index(obs_names, name=None))
-    probabilities = np.zeros((len(c), len(names)), dtype=np.float32)
-    probabilities[:, kept] = outcome.q
+    probabilities = (outcome.q @ np.eye(len(names), dtype=np.float32)[named]).astype(np.float32)
     return TransferResult(
         obs=obs,
         probabilities=pd.DataFrame(probabilities, index=obs.index, columns=list(names)),
@@ -206,7 +214,9 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
     )
 
 
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    denom = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denom) if denom > 0 else 0.0
+def _correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of every row of ``a`` with every row of ``b`` (0 where a row is constant)."""
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    norms = np.outer(np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1))
+    return np.divide(a @ b.T, norms, out=np.zeros(norms.shape), where=norms > 0)

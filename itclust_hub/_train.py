@@ -19,6 +19,7 @@ from torch import nn
 from ._atlas import Shard, scan_atlas
 from ._errors import ItClustError
 from ._genes import ensembl_ids_for
+from ._impute import fill_missing, gene_loadings
 from ._network import Encoder, hidden_dims_for, kl_loss, soft_assign
 from ._preprocess import Recipe
 from ._progress import progress_bar
@@ -130,19 +131,25 @@ def _pretrain(net: _SourceNetwork, model: nn.Module, data, epochs: int, batch_si
     run("autoencoder", [*net.encoder.parameters(), *net.decoders.parameters()])
 
 
-def _type_means(net: _SourceNetwork, data, codes: np.ndarray, n_types: int, replica: Replica):
-    """Per type: the mean embedding (the initial centroids) and the mean scaled expression (the type
-    profiles kept for novelty checks and marker genes)."""
+def _cell_statistics(net: _SourceNetwork, data, codes: np.ndarray, n_types: int, replica: Replica):
+    """One pass over the cells. Per type: the mean embedding (the initial centroids) and the mean scaled
+    expression (the type profiles kept for novelty checks and marker genes); over all cells: the genes'
+    summed products ``X'X`` (for the imputation model of missing genes)."""
     z_sums = torch.zeros(n_types, net.centroids.shape[1], dtype=torch.float64, device=replica.device)
     x_sums = torch.zeros(n_types, data.n_genes, dtype=torch.float64, device=replica.device)
+    products = torch.zeros(data.n_genes, data.n_genes, dtype=torch.float64, device=replica.device)
     with torch.no_grad():
         for start, stop in replica.shard().mine(data.n_cells):
             x = _rows(data, np.arange(start, stop), replica)
             types = torch.as_tensor(codes[start:stop], device=replica.device)
             z_sums.index_add_(0, types, net.encoder(x).double())
-            x_sums.index_add_(0, types, x.double())
+            x = x.double()
+            x_sums.index_add_(0, types, x)
+            products += x.T @ x
     counts = torch.as_tensor(np.bincount(codes, minlength=n_types), dtype=torch.float64, device=replica.device)
-    return (replica.all_sum(z_sums) / counts[:, None]).float(), (replica.all_sum(x_sums) / counts[:, None]).float()
+    centroids = (replica.all_sum(z_sums) / counts[:, None]).float()
+    profiles = (replica.all_sum(x_sums) / counts[:, None]).float()
+    return centroids, profiles, replica.all_sum(products).cpu().numpy()
 
 
 def _gene_mask(n_genes: int, rate: float) -> torch.Tensor:
@@ -150,15 +157,10 @@ def _gene_mask(n_genes: int, rate: float) -> torch.Tensor:
     return torch.rand(n_genes) >= rate
 
 
-def _masked(x: torch.Tensor, keep: torch.Tensor | None, rescale: bool) -> torch.Tensor:
-    """Zero the genes outside ``keep``, as a query that does not measure them; ``rescale`` multiplies the
-    rest by genes / present genes, as at transfer."""
-    if keep is None:
-        return x
-    if not keep.any():
-        return torch.zeros_like(x)
-    keep = keep.to(x.device)
-    return x * keep * (x.shape[1] / keep.sum() if rescale else 1.0)
+def _masked(x: torch.Tensor, keep: torch.Tensor | None, imputation) -> torch.Tensor:
+    """The genes outside ``keep`` as a query that does not measure them gets them at transfer: filled in
+    from the others with the reference's ``imputation`` model (loadings, noise)."""
+    return x if keep is None else fill_missing(x, keep, *imputation)
 
 
 def _targets(codes: np.ndarray, n_types: int, smoothing: float, device) -> torch.Tensor:
@@ -169,7 +171,7 @@ def _targets(codes: np.ndarray, n_types: int, smoothing: float, device) -> torch
 
 
 def _validation_loss(net: _SourceNetwork, data, val: np.ndarray, codes: np.ndarray, masks: list, cfg: dict,
-                     replica: Replica) -> float:
+                     imputation, replica: Replica) -> float:
     """KL loss on the validation cells, averaged over the clean copy and the masked copies."""
     sums = torch.zeros(len(masks), dtype=torch.float64, device=replica.device)
     with torch.no_grad():
@@ -180,12 +182,12 @@ def _validation_loss(net: _SourceNetwork, data, val: np.ndarray, codes: np.ndarr
             x = _rows(data, mine, replica)
             target = _targets(codes[mine], len(net.centroids), cfg["label_smoothing"], replica.device)
             for i, keep in enumerate(masks):
-                q = soft_assign(net.encoder(_masked(x, keep, cfg["rescale"])), net.centroids)
+                q = soft_assign(net.encoder(_masked(x, keep, imputation)), net.centroids)
                 sums[i] += kl_loss(target, q).double() * len(mine)
     return float(replica.all_sum(sums).mean()) / len(val)
 
 
-def _supervised(net: _SourceNetwork, model: nn.Module, data, codes: np.ndarray, cfg: dict,
+def _supervised(net: _SourceNetwork, model: nn.Module, data, codes: np.ndarray, cfg: dict, imputation,
                 rng: np.random.Generator, bar, replica: Replica) -> int:
     """KL training against smoothed one-hot labels; early stopping on a shuffled validation split.
 
@@ -203,13 +205,13 @@ def _supervised(net: _SourceNetwork, model: nn.Module, data, codes: np.ndarray, 
         for index in _minibatches(rng.permutation(train), cfg["batch_size"], replica.world, even=True):
             keep = _gene_mask(data.n_genes, rng.random() * cfg["mask_max_rate"]) if rng.random() < cfg["mask_prob"] else None
             mine = replica.take(index)
-            x = _masked(_rows(data, mine, replica), keep, cfg["rescale"])
+            x = _masked(_rows(data, mine, replica), keep, imputation)
             target = _targets(codes[mine], len(net.centroids), cfg["label_smoothing"], replica.device)
             loss = kl_loss(target, model(x, "classify"))
             opt.zero_grad()
             loss.backward()
             opt.step()
-        val_loss = _validation_loss(net, data, val, codes, masks, cfg, replica)
+        val_loss = _validation_loss(net, data, val, codes, masks, cfg, imputation, replica)
         bar.update(1)
         if val_loss < best[0] - 1e-5:
             best = (val_loss, copy.deepcopy([p.detach().clone() for p in params]), epoch)
@@ -343,15 +345,16 @@ def train_reference(
     net = _SourceNetwork(Encoder(len(atlas.genes), dims), n_types).to(replica.device)
     model = replica.wrap(net)
     cfg = dict(epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
-               label_smoothing=label_smoothing, mask_max_rate=mask_max_rate, mask_prob=mask_prob,
-               rescale=recipe.rescale_missing)
+               label_smoothing=label_smoothing, mask_max_rate=mask_max_rate, mask_prob=mask_prob)
     with progress_bar(total=pretrain_epochs * (len(dims) + 1) + epochs, enabled=progress if replica.rank == 0 else False,
                       desc=f"training {name}") as bar:
         _pretrain(net, model, data, pretrain_epochs, batch_size, pretrain_lr, rng, bar, replica)
-        centroids, profiles = _type_means(net, data, atlas.codes, n_types, replica)
+        centroids, profiles, products = _cell_statistics(net, data, atlas.codes, n_types, replica)
+        loadings, noise = gene_loadings(products, atlas.n_cells)
         with torch.no_grad():
             net.centroids.copy_(centroids)
-        epochs_run = _supervised(net, model, data, atlas.codes, cfg, rng, bar, replica)
+        imputation = (torch.from_numpy(loadings).to(replica.device), noise)
+        epochs_run = _supervised(net, model, data, atlas.codes, cfg, imputation, rng, bar, replica)
     net.cpu()
 
     var = adata.var.iloc[atlas.gene_columns]
@@ -376,6 +379,8 @@ def train_reference(
         type_profiles=profiles.cpu(),
         gene_mean=atlas.mean,
         gene_std=atlas.std,
+        gene_loadings=loadings,
+        gene_noise=noise,
         genes=atlas.genes,
         gene_ids=gene_ids,
         cell_types=atlas.cell_types,

@@ -1,6 +1,7 @@
 """Target-side fine-tuning (ItClust's target network): start from the source encoder, label the
 target with the source network, re-centre the clusters on the target's own embedding, then DEC
-self-training until fewer than ``tol`` of the labels change between iterations.
+self-training until fewer than ``tol`` of the labels change between iterations. The clusters are
+named afterwards (``_result.build_result``) by the source network's majority among their cells.
 
 Cost and memory: every iteration makes one ordered pass over all cells (embedding, soft assignment ``q``,
 label changes), in chunks of ``PASS_ROWS`` cells, with the first layer applied to the sparse input
@@ -38,8 +39,7 @@ class FineTuneOutcome:
     """Everything the fine-tuning produced, as arrays over target cells."""
 
     source_codes: np.ndarray  # source network's direct prediction (reference type index)
-    kept_types: np.ndarray  # reference type index of each target cluster
-    initial_clusters: np.ndarray  # cluster of each cell before self-training (target centroids)
+    start_codes: np.ndarray  # reference type each cell starts self-training with (its cluster after re-centring)
     clusters: np.ndarray  # final cluster of each cell
     q: np.ndarray  # cells x clusters soft assignment
     embedding: np.ndarray  # cells x latent
@@ -208,7 +208,8 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, 
     opt = _MomentumSGD([*encoder.parameters(), centroids], lr=lr, momentum=0.9)
     q = soft_assign(z, centroids.detach().cpu())
     sums, counts = np.zeros((len(kept), data.n_genes)), np.zeros(len(kept))
-    initial = last = q.argmax(1).numpy()
+    last = q.argmax(1).numpy()
+    start_codes = kept[last]
     changed, converged, it = [], False, 0
     with progress_bar(total=max_iter, enabled=progress, desc="fine-tuning") as bar:
         for it in range(1, max_iter + 1):
@@ -235,5 +236,5 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, 
                 break
     clusters = q.argmax(1).numpy()
     profiles = (sums + counts[:, None] * data.zero.numpy().astype(np.float64)) / np.maximum(counts, 1)[:, None]
-    return FineTuneOutcome(source_codes, kept, initial, clusters, q.numpy(), z.numpy(),
+    return FineTuneOutcome(source_codes, start_codes, clusters, q.numpy(), z.numpy(),
                            profiles.astype(np.float32), it, converged, changed)

@@ -76,7 +76,7 @@ def test_curated_recipes_use_the_tuned_training_defaults():
     (lambda s: s.pop("license"), "missing field 'license'"),
     (lambda s: s["training"].update(epoch=3), "unknown field 'training.epoch'"),
     (lambda s: s["training"].update(epochs="5"), "'training.epochs' must be an integer"),
-    (lambda s: s["preprocessing"].update(rescale_missing=1), "must be true/false"),
+    (lambda s: s["preprocessing"].update(max_value=True), "'preprocessing.max_value' must be an integer or a number"),
     (lambda s: s["evaluation"]["cross_dataset"].append({"name": "x"}), r"missing field 'evaluation.cross_dataset\[0\].dataset'"),
     (lambda s: s["data"].update(input_type="raw"), "input_type must be"),
     (lambda s: s.update(name="My Atlas"), "not a valid reference name"),
@@ -127,7 +127,7 @@ def _scores(accuracy):
 
 def test_card_renders_the_evaluation_it_is_given():
     config = {"name": "atlas", "organism": "mouse", "tissue": "pancreas", "n_cells": 30, "version": "2.0.0",
-              "architecture": {"n_genes": 3, "hidden_dims": [16], "n_types": 2},
+              "architecture": {"n_genes": 3, "hidden_dims": [16], "n_types": 2, "n_components": 2},
               "preprocessing": ih._preprocess.Recipe().to_dict(),
               "training": {"label_key": "cell_type", "dropped_types": {"rare": 2}, "min_cells_per_type": 5},
               "metadata": {"license": "cc-by-4.0", "datasets": ["GSE1"], "citation": "Someone et al. (2020)",

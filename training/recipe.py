@@ -23,8 +23,7 @@ SCHEMA = {
     "data": {"file": str, "name": str, "platform": str, "input_type": str, "label_key": str},
     "labels": {"harmonise": dict, "min_cells_per_type": int, "small_types": str},
     "preprocessing": {"min_genes_per_cell": int, "min_cells_per_gene": int, "drop_gene_prefixes": list,
-                      "target_sum": _NUMBER, "n_top_genes": int, "max_value": _NUMBER, "scale_with": str,
-                      "rescale_missing": bool},
+                      "target_sum": _NUMBER, "n_top_genes": int, "max_value": _NUMBER, "scale_with": str},
     "network": {"hidden_dims": (list, type(None))},
     "training": {"pretrain_epochs": int, "epochs": int, "patience": int, "batch_size": int, "lr": _NUMBER,
                  "pretrain_lr": _NUMBER, "val_fraction": _NUMBER, "label_smoothing": _NUMBER,
@@ -35,7 +34,7 @@ SCHEMA = {
 
 def _type_name(kind) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list",
+    return " or ".join({int: "an integer", float: "a number", str: "a string", list: "a list",
                         dict: "an object", type(None): "null"}[k] for k in kinds)
 
 
@@ -54,7 +53,7 @@ def _check(value, schema, where: str, source: str) -> None:
             _check(value[key], kind, f"{where}{key}.", source)
             continue
         kinds = kind if isinstance(kind, tuple) else (kind,)
-        wrong_bool = isinstance(value[key], bool) and bool not in kinds
+        wrong_bool = isinstance(value[key], bool)  # a JSON true is not a number
         if wrong_bool or not isinstance(value[key], kinds):
             raise ItClustError(f"{source}: field '{where}{key}' must be {_type_name(kind)}, "
                                f"not {json.dumps(value[key])}")
