@@ -214,9 +214,12 @@ def plot_confidence(result) -> Figure:
     for i, novel in enumerate(clusters["novel"]):
         if novel:
             ax_score.axhspan(i - 0.5, i + 0.5, color=NOVEL_COLOR, alpha=0.1, linewidth=0)
-            reasons = " + ".join(name for name, flags in low.items() if flags[i]) or "threshold"
-            ax_score.text(1.01, i, f"low {reasons}", transform=ax_score.get_yaxis_transform(), va="center",
-                          fontsize=8, color=NOVEL_COLOR)
+            reasons = [f"low {name}" for name, flags in low.items() if flags[i]]
+            closest = clusters["closest_type"].iloc[i] if "closest_type" in clusters else None
+            if closest is not None and closest != clusters["nearest_label"].iloc[i]:
+                reasons.append(f"closer to {closest}")
+            ax_score.text(1.01, i, " + ".join(reasons) or "novel", transform=ax_score.get_yaxis_transform(),
+                          va="center", fontsize=8, color=NOVEL_COLOR)
     ax_score.set_xlim(min(-0.05, float(clusters["similarity"].min()) - 0.05), 1.02)
     ax_score.set_xlabel("score")
     ax_score.set_title("Confidence and similarity (novel clusters shaded red)")

@@ -35,7 +35,8 @@ class TransferResult:
     clusters
         One row a target cluster: ``label``, ``nearest_label``, ``size``, ``confidence`` (ItClust's share of
         its cells whose label fine-tuning kept), ``similarity`` (correlation of the cluster's mean
-        expression with its reference type) and ``novel``.
+        expression with its reference type), ``closest_type`` (the reference type whose mean expression
+        correlates best) and ``novel``.
     embedding
         Cells x latent dimensions of the fine-tuned encoder.
     provenance
@@ -190,6 +191,7 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
         "size": sizes,
         "confidence": confidence,
         "similarity": similarity,
+        "closest_type": names[similarities.argmax(1)],
         "novel": novel,
     })
     clusters.index.name = "cluster"

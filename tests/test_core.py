@@ -112,6 +112,7 @@ def test_clusters_named_by_their_cells_starting_types():
     assert res.clusters["confidence"].tolist() == pytest.approx([2 / 3, 0.5, 1.0])
     assert res.clusters["similarity"].tolist() == pytest.approx([1.0, 1.0, np.corrcoef([2, 3, 0, 0], [1, 0, 0, 0])[0, 1]])
     assert res.clusters["similarity"][2] > 0.3  # similar enough to a, but more similar to c
+    assert res.clusters["closest_type"].tolist() == ["c", "a", "c"]
     assert res.clusters["novel"].tolist() == [False, True, True]
     assert list(res.labels) == ["c"] * 3 + ["Unassigned"] * 4
     assert list(res.probabilities.columns) == ["a", "b", "c"] and (res.probabilities["b"] == 0).all()
