@@ -128,9 +128,10 @@ def prepare_query(
     The aligned log-normalised matrix stays in memory while it fits ``memory_budget`` bytes; a larger one
     is written to a temporary folder (``spill_dir``, default the system's) and read back chunk by chunk,
     so memory is bounded by the chunk, not the query. Genes are scaled with the query's own mean and
-    standard deviation (``scale="own"``) or with ``reference_stats``, the reference's (``"reference"``; genes
-    the query lacks scale to 0, and the reference fills them in, see ``_impute``); ``"auto"`` takes the reference's when the query is of the reference's
-    organism and measures at least ``REFERENCE_SCALE_MIN_OVERLAP`` of its genes, else its own. Call
+    standard deviation (``scale="own"``) or with ``reference_stats``, the reference's (``"reference"``). Genes
+    the query lacks scale to 0; the reference fills them in (``_impute``). ``"auto"`` takes the reference's
+    statistics when the query is of the reference's organism and measures at least
+    ``REFERENCE_SCALE_MIN_OVERLAP`` of its genes, else its own. Call
     ``prepared.data.close()`` when done (the files are also removed when the object is garbage collected).
     """
     check_anndata(adata)
