@@ -135,8 +135,8 @@ def summary_markdown(result, figures: list[str], truth: pd.Series | None = None,
               *_table(pd.DataFrame({"label": counts.index, "cells": counts["cells"].map("{:,}".format),
                                     "share": counts["share"].map("{:.1%}".format)})), ""]
     lines += ["## Clusters", "",
-              "Confidence is the share of a cluster's cells already in it after the first fine-tuning iteration; "
-              "similarity is the correlation of its mean expression with its reference type.", "",
+              "Confidence is the share of a cluster's cells that started self-training with its type; similarity is "
+              "the correlation of its mean expression with its type's, over the genes that differ most between types.", "",
               *_table(pd.DataFrame({"cluster": clusters.index, "nearest type": clusters["nearest_label"],
                                     "label": clusters["label"], "cells": clusters["size"],
                                     "confidence": clusters["confidence"].map("{:.2f}".format),

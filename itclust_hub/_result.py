@@ -16,6 +16,7 @@ from ._errors import ItClustError
 
 UNASSIGNED = "Unassigned"
 TABLE_FILES = ("labels.csv", "probabilities.csv", "clusters.csv")
+MIN_INFORMATIVE = 50  # fewest genes a cluster's similarity to a reference type is measured on
 
 
 @dataclass
@@ -172,7 +173,7 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
     centroid, as alpha cells gathered at a 3-cell mast centroid on a small query with a weak reference).
     Its confidence, ItClust's share of cells whose label fine-tuning kept, is that majority's share. It is
     novel when its confidence or its expression's correlation with its type is low, or when its expression
-    correlates better with another type's.
+    correlates better with another type's (correlations over :func:`informative_genes`).
     """
     names = np.asarray(cell_types, dtype=object)
     n_clusters = outcome.q.shape[1]
@@ -181,7 +182,8 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
     sizes = np.bincount(outcome.clusters, minlength=n_clusters)
     named = votes.argmax(1)  # reference type of each cluster
     confidence = np.divide(votes[np.arange(n_clusters), named], sizes, out=np.zeros(n_clusters), where=sizes > 0)
-    similarities = _correlations(outcome.cluster_profiles[:, present], type_profiles[:, present])
+    genes = informative_genes(type_profiles, present)
+    similarities = _correlations(outcome.cluster_profiles[:, genes], type_profiles[:, genes])
     similarity = similarities[np.arange(n_clusters), named]
     novel = (confidence < min_confidence) | (similarity < min_similarity) | (similarities.argmax(1) != named)
     cluster_names = names[named]
@@ -214,6 +216,19 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
         embedding=outcome.embedding,
         provenance=provenance,
     )
+
+
+def informative_genes(type_profiles: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Positions of the quarter of the query's measured reference genes (at least ``MIN_INFORMATIVE``) whose
+    mean expression varies most between reference types.
+
+    Correlating profiles over these rather than over every gene keeps a small cluster's own noise from
+    drowning its type's signal (10-cell gamma clusters: 0.3 over every gene, 0.7 over these, on Baron).
+    """
+    measured = np.flatnonzero(present)
+    spread = type_profiles[:, measured].var(0)
+    keep = max(len(measured) // 4, min(MIN_INFORMATIVE, len(measured)))
+    return np.sort(measured[np.argsort(spread, kind="stable")[::-1][:keep]])
 
 
 def _correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from sklearn.metrics import accuracy_score
 import itclust_hub as ih
 from itclust_hub._errors import ItClustError
 from itclust_hub._preprocess import detect_input_type
-from itclust_hub._result import build_result
+from itclust_hub._result import build_result, informative_genes
 from itclust_hub._transfer import FineTuneOutcome
 
 from _data import read, small_reference
@@ -117,6 +117,27 @@ def test_clusters_named_by_their_cells_starting_types():
     assert list(res.labels) == ["c"] * 3 + ["Unassigned"] * 4
     assert list(res.probabilities.columns) == ["a", "b", "c"] and (res.probabilities["b"] == 0).all()
     assert res.probabilities.to_numpy() == pytest.approx(np.tile([[0.4, 0.0, 0.6]], (7, 1)))
+
+
+def test_similarity_is_measured_on_genes_that_tell_types_apart():
+    rng = np.random.default_rng(0)
+    profiles = rng.normal(0, 0.05, (3, 400))
+    profiles[:, :100] = rng.normal(0, 2, (3, 100))  # genes 0-99 differ between types, the rest barely
+    present = np.ones(400, bool)
+    present[::2] = False  # the query measures the odd genes only
+    genes = informative_genes(profiles, present)
+    assert len(genes) == 50 and present[genes].all() and (genes < 100).all()
+    assert len(informative_genes(profiles, np.arange(400) < 20)) == 20  # fewer than 50 measured: all of them
+
+
+def test_small_clusters_of_known_types_are_not_called_novel(model, query):
+    result = model.transfer(query, progress=False)
+    truth = pd.crosstab(result.obs["cluster"], query.obs["cell_type1"].astype(str).to_numpy())
+    pure = truth[(truth.max(axis=1) >= 0.8 * truth.sum(axis=1)) & (truth.sum(axis=1) >= 10)]
+    known = pure[pure.idxmax(axis=1).isin(model.cell_types)]
+    assert (known.sum(axis=1) < 30).any()  # the case that matters: a small cluster (gamma, 11 cells)
+    table = result.clusters.loc[known.index]
+    assert not table["novel"].any() and (table["similarity"] > 0.5).all(), table  # well clear of 0.3 (gamma: 0.3 over all genes)
 
 
 def test_cross_species_through_orthologs():
