@@ -195,8 +195,8 @@ class ItClust:
         min_confidence, min_similarity
             A cluster is named after the reference type most of its cells started self-training with.
             It is novel ("Unassigned") when that majority's share (ItClust's confidence) is below
-            ``min_confidence``, when the correlation of its mean expression with its type's (over the quarter of
-            the measured genes that differ most between types) is below ``min_similarity``, or when another
+            ``min_confidence``, when the correlation of its mean expression with its type's (over the 500
+            measured genes that differ most between types) is below ``min_similarity``, or when another
             reference type's correlates better.
         seed, device, progress
             Determinism, torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...), and the progress bar

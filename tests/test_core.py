@@ -121,13 +121,13 @@ def test_clusters_named_by_their_cells_starting_types():
 
 def test_similarity_is_measured_on_genes_that_tell_types_apart():
     rng = np.random.default_rng(0)
-    profiles = rng.normal(0, 0.05, (3, 400))
-    profiles[:, :100] = rng.normal(0, 2, (3, 100))  # genes 0-99 differ between types, the rest barely
-    present = np.ones(400, bool)
+    profiles = rng.normal(0, 0.05, (3, 3000))
+    profiles[:, :1200] = rng.normal(0, 2, (3, 1200))  # genes 0-1199 differ between types, the rest barely
+    present = np.ones(3000, bool)
     present[::2] = False  # the query measures the odd genes only
     genes = informative_genes(profiles, present)
-    assert len(genes) == 50 and present[genes].all() and (genes < 100).all()
-    assert len(informative_genes(profiles, np.arange(400) < 20)) == 20  # fewer than 50 measured: all of them
+    assert len(genes) == 500 and present[genes].all() and (genes < 1200).all()
+    assert len(informative_genes(profiles, np.arange(3000) < 300)) == 300  # fewer than 500 measured: all of them
 
 
 def test_small_clusters_of_known_types_are_not_called_novel(model, query):
