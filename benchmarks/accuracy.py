@@ -76,12 +76,14 @@ class ItClustRunner:
     donor pair can hold a single t_cell); their query cells still count as known, so as errors.
     """
 
-    def __init__(self):
+    def __init__(self, n_top_genes: int | None = None):
         import itclust_hub
+        from itclust_hub._preprocess import Recipe
 
         if not hasattr(itclust_hub, "train_reference"):
             raise ImportError("itclust_hub has no train_reference yet")
         self._ih = itclust_hub
+        self._recipe = None if n_top_genes is None else Recipe(n_top_genes=n_top_genes)
         self._models = {}
 
     def __call__(self, pair: splits.Pair, seed: int) -> dict[str, Prediction]:
@@ -93,7 +95,7 @@ class ItClustRunner:
             organism = splits.reference_organism(pair)
             self._models[key] = self._ih.train_reference(
                 pair.reference, label_key=pair.label_key, name="bench", seed=seed, progress=False,
-                small_types="drop", **({"organism": organism} if organism else {}))
+                small_types="drop", recipe=self._recipe, **({"organism": organism} if organism else {}))
         result = self._models[key].transfer(pair.query, query_organism=pair.query_organism, seed=seed,
                                             progress=False)
         obs = result.obs
@@ -127,12 +129,12 @@ def score(pair: splits.Pair, prediction: Prediction) -> tuple[dict, pd.Series, p
     return row, recall, calibration
 
 
-def _make_runners(names: list[str], orthologs: pd.DataFrame) -> dict:
+def _make_runners(names: list[str], orthologs: pd.DataFrame, n_top_genes: int | None) -> dict:
     """Callables ``(pair, seed) -> (predictions, reused)`` for the requested runners."""
     runners, cache = {}, {}
     if "itclust" in names:
         try:
-            itclust = ItClustRunner()
+            itclust = ItClustRunner(n_top_genes)
             runners["itclust"] = lambda pair, seed: (itclust(pair, seed), False)
         except ImportError as err:
             print(f"skipping itclust-hub: the API this benchmark codes against is not importable ({err})")
@@ -152,9 +154,11 @@ def _make_runners(names: list[str], orthologs: pd.DataFrame) -> dict:
     return runners
 
 
-def run(seeds: list[int], names: list[str], data: splits.BaronData) -> tuple[pd.DataFrame, ...]:
-    """Every runner on every pair for every seed; returns (scores, recall, calibration) tables."""
-    runners = _make_runners(names, data.orthologs)
+def run(seeds: list[int], names: list[str], data: splits.BaronData,
+        n_top_genes: int | None = None) -> tuple[pd.DataFrame, ...]:
+    """Every runner on every pair for every seed; returns (scores, recall, calibration) tables.
+    ``n_top_genes`` overrides the length of the itclust-hub references' gene list (None: the default recipe's)."""
+    runners = _make_runners(names, data.orthologs, n_top_genes)
     rows, recalls, calibrations = [], [], []
     for seed in seeds:
         for pair in splits.evaluation_pairs(data, seed):
@@ -214,6 +218,7 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", choices=RUNNERS, default=list(RUNNERS))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--data-dir", type=Path, default=splits.DATA_DIR)
+    parser.add_argument("--n-top-genes", type=int, help="itclust-hub references' gene list length (default: the recipe's)")
     args = parser.parse_args(argv)
     missing = splits.missing_files(args.data_dir)
     if missing:
@@ -223,7 +228,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message="n_jobs value .* overridden")
 
-    table, recall, calibration = run(args.seeds, args.methods, splits.load_baron(args.data_dir))
+    table, recall, calibration = run(args.seeds, args.methods, splits.load_baron(args.data_dir), args.n_top_genes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
     recall.to_csv(args.out.with_name(f"{args.out.stem}_recall.csv"), index=False)

@@ -197,7 +197,7 @@ class ItClust:
             It is novel ("Unassigned") when that majority's share (ItClust's confidence) is below
             ``min_confidence``, when the correlation of its mean expression with its type's (over the 500
             measured genes that differ most between types) is below ``min_similarity``, or when another
-            reference type's correlates better.
+            reference type's correlates better over every measured gene.
         seed, device, progress
             Determinism, torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...), and the progress bar
             (default: only on a terminal).

@@ -130,14 +130,14 @@ def plot_umap(result, *, coords: np.ndarray | None = None, seed: int = 0) -> Fig
         points = ax_conf.scatter(coords[mask, 0], coords[mask, 1], s=size * (1.6 if marker == "x" else 1),
                                  c=confidence[mask], cmap="RdYlBu", vmin=0, vmax=1, marker=marker,
                                  linewidths=0 if marker == "o" else 0.8, rasterized=True)
-    bar = fig.colorbar(points, ax=ax_conf, shrink=0.8, label="cluster confidence (share of cells kept)")
+    bar = fig.colorbar(points, ax=ax_conf, shrink=0.8, label="cluster confidence (share that started as its type)")
     threshold = result.provenance.get("settings", {}).get("min_confidence")
     if threshold is not None:
         bar.ax.axhline(threshold, color="black", linewidth=1.5)
     ax_conf.legend([Line2D([], [], marker=m, linestyle="", color="#444444", markersize=6) for m in ("o", "x")],
                    ["assigned cluster", "novel cluster (Unassigned)"], loc="upper center", bbox_to_anchor=(0.5, -0.06),
                    ncols=2, frameon=False, fontsize=8)
-    title = "Cluster confidence\n(red: few cells kept since fine-tuning began"
+    title = "Cluster confidence\n(red: few of its cells started as its type"
     ax_conf.set_title(title + (f"; novel below {threshold:g})" if threshold is not None else ")"), fontsize=11)
     for ax in (ax_label, ax_conf):
         ax.margins(0.08)
@@ -201,9 +201,9 @@ def plot_confidence(result) -> Figure:
     ax_size.invert_yaxis()
     height = 0.38
     ax_score.barh(y - height / 2, clusters["confidence"], height, color=CONFIDENCE_COLOR,
-                  label="confidence (share of cells kept)")
+                  label="confidence (share that started as its type)")
     ax_score.barh(y + height / 2, clusters["similarity"], height, color=SIMILARITY_COLOR,
-                  label="similarity (correlation with reference type)")
+                  label="similarity (correlation with its type)")
     low = {}
     for key, column, color, name in (("min_confidence", "confidence", CONFIDENCE_COLOR, "confidence"),
                                      ("min_similarity", "similarity", SIMILARITY_COLOR, "similarity")):

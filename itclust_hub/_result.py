@@ -36,8 +36,8 @@ class TransferResult:
     clusters
         One row a target cluster: ``label``, ``nearest_label``, ``size``, ``confidence`` (ItClust's share of
         its cells whose label fine-tuning kept), ``similarity`` (correlation of the cluster's mean
-        expression with its reference type), ``closest_type`` (the reference type whose mean expression
-        correlates best) and ``novel``.
+        expression with its reference type's over :func:`informative_genes`), ``closest_type`` (the reference
+        type whose mean expression correlates best over every measured gene) and ``novel``.
     embedding
         Cells x latent dimensions of the fine-tuned encoder.
     provenance
@@ -172,8 +172,11 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
     the type whose centroid it started from: self-training can move a population onto a neighbouring
     centroid, as alpha cells gathered at a 3-cell mast centroid on a small query with a weak reference).
     Its confidence, ItClust's share of cells whose label fine-tuning kept, is that majority's share. It is
-    novel when its confidence or its expression's correlation with its type is low, or when its expression
-    correlates better with another type's (correlations over :func:`informative_genes`).
+    novel when its confidence is low, when its expression's correlation with its type's over
+    :func:`informative_genes` is low (the level: noise from few cells lowers it over every gene), or when
+    its expression over every measured gene correlates better with another type's (the ranking: noise lowers
+    every type's alike, and the whole profile told ductal cells from acinar ones where the informative
+    genes, led by the acinar enzymes, did not).
     """
     names = np.asarray(cell_types, dtype=object)
     n_clusters = outcome.q.shape[1]
@@ -183,9 +186,9 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
     named = votes.argmax(1)  # reference type of each cluster
     confidence = np.divide(votes[np.arange(n_clusters), named], sizes, out=np.zeros(n_clusters), where=sizes > 0)
     genes = informative_genes(type_profiles, present)
-    similarities = _correlations(outcome.cluster_profiles[:, genes], type_profiles[:, genes])
-    similarity = similarities[np.arange(n_clusters), named]
-    novel = (confidence < min_confidence) | (similarity < min_similarity) | (similarities.argmax(1) != named)
+    similarity = _correlations(outcome.cluster_profiles[:, genes], type_profiles[:, genes])[np.arange(n_clusters), named]
+    closest = _correlations(outcome.cluster_profiles[:, present], type_profiles[:, present]).argmax(1)
+    novel = (confidence < min_confidence) | (similarity < min_similarity) | (closest != named)
     cluster_names = names[named]
     clusters = pd.DataFrame({
         "label": np.where(novel, UNASSIGNED, cluster_names),
@@ -193,7 +196,7 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
         "size": sizes,
         "confidence": confidence,
         "similarity": similarity,
-        "closest_type": names[similarities.argmax(1)],
+        "closest_type": names[closest],
         "novel": novel,
     })
     clusters.index.name = "cluster"
