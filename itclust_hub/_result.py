@@ -34,8 +34,8 @@ class TransferResult:
         Cells x reference types soft assignment: a type's share is the sum over the clusters named by it
         (types that name no cluster are 0).
     clusters
-        One row a target cluster: ``label``, ``nearest_label``, ``size``, ``confidence`` (ItClust's share of
-        its cells whose label fine-tuning kept), ``similarity`` (correlation of the cluster's mean
+        One row a target cluster: ``label``, ``nearest_label``, ``size``, ``confidence`` (share of its cells
+        that started self-training with its type: ItClust's share of labels kept), ``similarity`` (correlation of the cluster's mean
         expression with its reference type's over :func:`informative_genes`), ``closest_type`` (the reference
         type whose mean expression correlates best over every measured gene) and ``novel``.
     embedding
