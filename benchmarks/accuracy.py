@@ -78,12 +78,11 @@ class ItClustRunner:
 
     def __init__(self, n_top_genes: int | None = None):
         import itclust_hub
-        from itclust_hub._preprocess import Recipe
 
         if not hasattr(itclust_hub, "train_reference"):
             raise ImportError("itclust_hub has no train_reference yet")
         self._ih = itclust_hub
-        self._recipe = None if n_top_genes is None else Recipe(n_top_genes=n_top_genes)
+        self._recipe = None if n_top_genes is None else itclust_hub.Recipe(n_top_genes=n_top_genes)
         self._models = {}
 
     def __call__(self, pair: splits.Pair, seed: int) -> dict[str, Prediction]:

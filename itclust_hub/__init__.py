@@ -11,8 +11,9 @@ __version__ = "0.1.0"
 from ._errors import ItClustError
 from ._io import read_query
 from ._model import ItClust
+from ._preprocess import Recipe
 from ._registry import list_references
 from ._result import TransferResult
 from ._train import train_reference
 
-__all__ = ["ItClust", "ItClustError", "TransferResult", "list_references", "read_query", "train_reference", "__version__"]
+__all__ = ["ItClust", "ItClustError", "Recipe", "TransferResult", "list_references", "read_query", "train_reference", "__version__"]

@@ -299,7 +299,8 @@ def train_reference(
     organism, tissue
         Recorded in the reference; ``organism`` drives cross-species mapping at transfer time.
     recipe
-        Preprocessing (QC, normalisation, number of highly variable genes, clipping).
+        Preprocessing (QC, normalisation, number of highly variable genes, clipping): an
+        :class:`itclust_hub.Recipe`, e.g. ``ih.Recipe(n_top_genes=3000)``; default ``ih.Recipe()``.
     input_type
         ``"auto"`` (detect), ``"counts"`` (refused when the values are not integers), ``"lognorm"`` or
         ``"tpm"``.
