@@ -26,7 +26,6 @@ class Recipe:
     target_sum: float = 1e4
     n_top_genes: int = 2000
     max_value: float = 6.0
-    scale_with: str = "own"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -34,6 +33,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
         d = dict(d)
+        d.pop("scale_with", None)  # written by references built before transfer(scale=...) decided scaling
         d["drop_gene_prefixes"] = tuple(d.get("drop_gene_prefixes", ()))
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:

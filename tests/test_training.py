@@ -66,9 +66,16 @@ def test_curated_recipes_use_the_tuned_training_defaults():
         recipe = load_recipe(name)
         assert recipe.name == name
         assert recipe.spec["training"] == {k: defaults[k] for k in recipe.spec["training"]}
-        assert recipe.preprocessing() == ih._preprocess.Recipe()
+        assert recipe.preprocessing() == ih.Recipe()
         assert recipe.spec["data"]["label_key"] == "cell_type1"
         assert recipe.spec["evaluation"]["held_out"]["group_key"] == "donor"
+
+
+def test_preprocessing_of_older_references_still_loads():
+    # references built before transfer(scale=...) decided the scaling recorded an unused "scale_with"
+    assert ih.Recipe.from_dict({**ih.Recipe().to_dict(), "scale_with": "own"}) == ih.Recipe()
+    with pytest.raises(ih.ItClustError, match="unknown preprocessing fields"):
+        ih.Recipe.from_dict({**ih.Recipe().to_dict(), "colour": "blue"})
 
 
 @pytest.mark.parametrize("change, match", [

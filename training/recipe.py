@@ -23,7 +23,7 @@ SCHEMA = {
     "data": {"file": str, "name": str, "platform": str, "input_type": str, "label_key": str},
     "labels": {"harmonise": dict, "min_cells_per_type": int, "small_types": str},
     "preprocessing": {"min_genes_per_cell": int, "min_cells_per_gene": int, "drop_gene_prefixes": list,
-                      "target_sum": _NUMBER, "n_top_genes": int, "max_value": _NUMBER, "scale_with": str},
+                      "target_sum": _NUMBER, "n_top_genes": int, "max_value": _NUMBER},
     "network": {"hidden_dims": (list, type(None))},
     "training": {"pretrain_epochs": int, "epochs": int, "patience": int, "batch_size": int, "lr": _NUMBER,
                  "pretrain_lr": _NUMBER, "val_fraction": _NUMBER, "label_smoothing": _NUMBER,
