@@ -69,33 +69,23 @@ class OneVsRestLogisticRegression(LogisticRegression):
         return self
 
 
-def _celltypist_annotate(ref_adata: ad.AnnData, ref_labels, query_adata: ad.AnnData,
-                         majority_voting: bool) -> pd.DataFrame:
-    """Train CellTypist on the log-normalised reference (all given genes) and annotate the query."""
+def _celltypist_annotate(ref_adata: ad.AnnData, ref_labels, query_adata: ad.AnnData) -> pd.DataFrame:
+    """Train CellTypist on the log-normalised reference (all given genes) and annotate the query, with
+    majority voting (each of CellTypist's Leiden over-clusters of the query relabelled by its most common
+    prediction) beside the per-cell predictions."""
     import celltypist
 
     train_module = importlib.import_module("celltypist.train")  # the attribute celltypist.train is the function
     ref, query = log_normalize(ref_adata), log_normalize(query_adata)
     with mock.patch.object(train_module, "LogisticRegression", OneVsRestLogisticRegression):
         model = celltypist.train(ref, labels=np.asarray(ref_labels, dtype=str), n_jobs=-1)
-    return celltypist.annotate(query, model=model, majority_voting=majority_voting).predicted_labels
-
-
-def celltypist_predict(ref_adata: ad.AnnData, ref_labels, query_adata: ad.AnnData,
-                       majority_voting: bool = False) -> np.ndarray:
-    """CellTypist's prediction for each query cell.
-
-    ``majority_voting`` relabels each over-cluster of the query (CellTypist's own Leiden over-clustering)
-    by its most common prediction.
-    """
-    table = _celltypist_annotate(ref_adata, ref_labels, query_adata, majority_voting)
-    return table["majority_voting" if majority_voting else "predicted_labels"].astype(str).to_numpy()
+    return celltypist.annotate(query, model=model, majority_voting=True).predicted_labels
 
 
 def celltypist_predict_both(ref_adata: ad.AnnData, ref_labels,
                             query_adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
     """CellTypist's per-cell and majority-voting predictions from a single training and annotation."""
-    table = _celltypist_annotate(ref_adata, ref_labels, query_adata, majority_voting=True)
+    table = _celltypist_annotate(ref_adata, ref_labels, query_adata)
     return (table["predicted_labels"].astype(str).to_numpy(),
             table["majority_voting"].astype(str).to_numpy())
 

@@ -198,12 +198,6 @@ class ScaledMatrix:
         values -= zero[j]
         return sp.csr_matrix((values.astype(np.float32, copy=False), j, block.indptr), shape=block.shape)
 
-    def chunks(self, size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
-        """``(start, stop, rows)`` over all cells in order, the rows log-normalised (unscaled) CSR."""
-        for start in range(0, self.n_cells, size):
-            stop = min(start + size, self.n_cells)
-            yield start, stop, self.block(start, stop)
-
     def batches(self, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield ``(row_numbers, scaled_rows)``: shuffled when ``rng`` is given, in order otherwise."""
         order = rng.permutation(self.n_cells) if rng is not None else None

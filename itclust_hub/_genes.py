@@ -18,7 +18,6 @@ import scipy.sparse as sp
 from ._errors import ItClustError
 
 _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}")
-ORTHOLOG_ORGANISMS = ("human", "mouse")
 
 
 def normalize_ids(names) -> np.ndarray:
