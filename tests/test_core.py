@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import scanpy as sc
+import torch
 from sklearn.metrics import accuracy_score
 
 import itclust_hub as ih
 from itclust_hub._errors import ItClustError
 from itclust_hub._preprocess import detect_input_type
 from itclust_hub._result import build_result, informative_genes
-from itclust_hub._transfer import FineTuneOutcome
+from itclust_hub._transfer import FineTuneOutcome, _starting_centroids
 
 from _data import read, small_reference
 
@@ -117,6 +118,17 @@ def test_clusters_named_by_their_cells_starting_types():
     assert list(res.labels) == ["c"] * 3 + ["Unassigned"] * 4
     assert list(res.probabilities.columns) == ["a", "b", "c"] and (res.probabilities["b"] == 0).all()
     assert res.probabilities.to_numpy() == pytest.approx(np.tile([[0.4, 0.0, 0.6]], (7, 1)))
+
+
+def test_starting_centroids_weight_cells_by_the_source_networks_certainty():
+    z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [0.0, 5.0]])
+    q_source = torch.tensor([[0.9, 0.05, 0.03, 0.02], [0.9, 0.05, 0.03, 0.02],
+                             [0.3, 0.25, 0.25, 0.2],  # a far cell the source network barely calls type 0
+                             [0.1, 0.8, 0.05, 0.05]])
+    centroids = _starting_centroids(z, q_source)
+    # type 0: (0.81 * 0 + 0.81 * 1 + 0.09 * 10) / (0.81 + 0.81 + 0.09) = 1.0; the plain mean would be 3.67
+    assert centroids[:2].flatten().tolist() == pytest.approx([1.0, 0.0, 0.0, 5.0])
+    assert torch.isnan(centroids[2:]).all()  # types no cell is assigned to
 
 
 def test_similarity_is_measured_on_genes_that_tell_types_apart():
