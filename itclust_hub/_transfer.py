@@ -157,9 +157,9 @@ def _starting_centroids(z: torch.Tensor, q_source: torch.Tensor) -> torch.Tensor
     """Each reference type's mean target embedding over the cells the source network assigns to it, every
     cell weighted by the square of its source probability (rows of types with no cells are NaN).
 
-    Cells the source network is unsure of pull their type's centroid less: on a held-out donor with almost no
-    acinar cells, the plain mean put the "acinar" centroid among the ductal cells misread as acinar, and it
-    kept ductal cells the source network had right.
+    Cells the source network is unsure of, often the ones it misreads, pull their type's centroid less. Against
+    the plain mean on Baron (benchmarks/RESULTS.md): human reference -> mouse query 0.891 -> 0.916, held-out
+    human3 macro-F1 0.896 -> 0.948, mouse -> human 0.872 -> 0.889.
     """
     probability, codes = q_source.max(1)
     weight = probability.square()
