@@ -35,9 +35,10 @@ class TransferResult:
         (types that name no cluster are 0).
     clusters
         One row a target cluster: ``label``, ``nearest_label``, ``size``, ``confidence`` (share of its cells
-        that started self-training with its type: ItClust's share of labels kept), ``similarity`` (correlation of the cluster's mean
-        expression with its reference type's over :func:`informative_genes`), ``closest_type`` (the reference
-        type whose mean expression correlates best over every measured gene) and ``novel``.
+        that started self-training with its type: ItClust's share of labels kept), ``similarity``
+        (correlation of the cluster's mean expression with its type's over :func:`informative_genes`),
+        ``closest_type`` (the reference type whose mean expression correlates best over every measured
+        gene) and ``novel``.
     embedding
         Cells x latent dimensions of the fine-tuned encoder.
     provenance

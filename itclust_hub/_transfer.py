@@ -1,8 +1,8 @@
 """Target-side fine-tuning (ItClust's target network): start from the source encoder, label the
 target with the source network, re-centre the clusters on the target's own embedding (weighted by the
-source network's certainty), then DEC
-self-training until fewer than ``tol`` of the labels change between iterations. The clusters are
-named afterwards (``_result.build_result``) by the source network's majority among their cells.
+source network's certainty), then DEC self-training until fewer than ``tol`` of the labels change between
+iterations. The clusters are named afterwards (``_result.build_result``) after the type most of their
+cells started self-training with.
 
 Cost and memory: every iteration makes one ordered pass over all cells (embedding, soft assignment ``q``,
 label changes), in chunks of ``PASS_ROWS`` cells, with the first layer applied to the sparse input

@@ -135,7 +135,7 @@ def _scores(accuracy):
 def test_card_renders_the_evaluation_it_is_given():
     config = {"name": "atlas", "organism": "mouse", "tissue": "pancreas", "n_cells": 30, "version": "2.0.0",
               "architecture": {"n_genes": 3, "hidden_dims": [16], "n_types": 2, "n_components": 2},
-              "preprocessing": ih._preprocess.Recipe().to_dict(),
+              "preprocessing": ih.Recipe().to_dict(),
               "training": {"label_key": "cell_type", "dropped_types": {"rare": 2}, "min_cells_per_type": 5},
               "metadata": {"license": "cc-by-4.0", "datasets": ["GSE1"], "citation": "Someone et al. (2020)",
                            "data_name": "Some islets", "platform": "inDrop"}}
