@@ -264,7 +264,7 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
     click.echo("Labels: " + ", ".join(f"{label} {n:,}" for label, n in counts["cells"].items()))
     click.echo(f"Novel clusters: {len(novel)} of {len(result.clusters)}"
                + (f" ({novel['size'].sum():,} cells labelled Unassigned; nearest: "
-                  + ", ".join(novel["nearest_label"].astype(str)) + ")" if len(novel) else ""))
+                  + ", ".join(novel["nearest_label"].astype(str).unique()) + ")" if len(novel) else ""))
     click.echo("Wrote: " + ", ".join(str(p) for p in written))
     for warning in warnings(result):
         click.echo(f"Warning: {warning}", err=True)

@@ -167,16 +167,20 @@ def test_cross_species_through_orthologs():
 
 def test_wrong_tissue_gets_no_pancreatic_label(model):
     # Blood on a pancreas reference: no cell may get an endocrine, exocrine or stromal type; the reference's
-    # immune types may be given, to cells that carry their markers (T cells: CD3D; monocytes: LYZ).
+    # immune types may be given, to cells that carry their markers (T cells: CD3D; monocytes: LYZ), and the
+    # monocytes take the macrophage type.
     pbmc = read("pbmc3k_raw_unlabeled")
     result = model.transfer(pbmc, progress=False)
     assert result.provenance["genes"]["fraction"] > 0.5
     labels = result.labels.to_numpy()
     assert set(labels) <= {"Unassigned", "t_cell", "macrophage", "mast"}, set(labels)
     assert (labels == "Unassigned").mean() > 0.3
+    assert (labels == "macrophage").any()
     for label, marker, share in (("t_cell", "CD3D", 0.8), ("macrophage", "LYZ", 0.9)):
-        expressed = np.asarray(pbmc[labels == label, marker].X.todense()).ravel() > 0
-        assert expressed.mean() > share, (label, marker, expressed.mean())
+        given = labels == label
+        if given.any():
+            expressed = np.asarray(pbmc[given, marker].X.todense()).ravel() > 0
+            assert expressed.mean() > share, (label, marker, expressed.mean())
 
 
 # --- gene alignment -------------------------------------------------------------------------------

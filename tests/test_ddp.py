@@ -37,12 +37,13 @@ def test_chunked_statistics_select_what_scanpy_selects(donors, monkeypatch):
 
     atlas, _, _ = donors
     monkeypatch.setattr(_atlas, "CHUNK_CELLS", 100)  # many chunks, summed
-    scanned = _atlas.scan_atlas(atlas, np.zeros(atlas.n_obs, dtype=np.int64), ["any"], Recipe())
+    recipe = Recipe()
+    scanned = _atlas.scan_atlas(atlas, np.zeros(atlas.n_obs, dtype=np.int64), ["any"], recipe)
     cells = atlas[scanned.cells]
     X = as_csr(cells.X)
     qc = ~cells.var_names.str.upper().str.startswith(("ERCC", "MT-")) & (np.bincount(X.indices, minlength=X.shape[1]) >= 10)
     logged = sc.AnnData(lognormalize(X[:, qc], "counts", 1e4), var=pd.DataFrame(index=cells.var_names[qc]))
-    sc.pp.highly_variable_genes(logged, n_top_genes=2000, flavor="seurat")
+    sc.pp.highly_variable_genes(logged, n_top_genes=recipe.n_top_genes, flavor="seurat")
     assert scanned.genes == list(logged.var_names[logged.var["highly_variable"].to_numpy()])
     scaled_input = scanned.in_memory().X.toarray()
     np.testing.assert_allclose(scanned.mean, scaled_input.mean(axis=0), rtol=1e-5, atol=1e-6)
