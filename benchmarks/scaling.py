@@ -7,9 +7,9 @@ UMIs), so they stay sparse raw counts with the real genes. Each query is written
 with ``anndata.read_h5ad(path, backed="r")`` and transferred straight from disk.
 
 Every (size, method) runs in its own fresh Python process, so its peak resident memory is its own: the
-process reports ``ru_maxrss`` and its RSS after reading the query, and the parent polls its RSS and kills it
-when it passes ``--mem-cap-gb`` or ``--timeout`` (recorded as ``oom``/``timeout``, not as a crash). Only the
-transfer (resp. normalisation + annotate) is timed, not reading the query or loading the model.
+process reports its peak (``VmHWM``) and its RSS after reading the query, and the parent polls its RSS and
+kills it when it passes ``--mem-cap-gb`` or ``--timeout`` (recorded as ``oom``/``timeout``, not as a crash).
+Only the transfer (resp. normalisation + annotate) is timed, not reading the query or loading the model.
 
 Methods:
 - ``itclust``: the bundled ``pancreas-human`` reference when ``itclust_hub/references/pancreas-human``
