@@ -17,6 +17,10 @@ from ._errors import ItClustError
 UNASSIGNED = "Unassigned"
 TABLE_FILES = ("labels.csv", "probabilities.csv", "clusters.csv")
 INFORMATIVE_GENES = 500  # genes a cluster's similarity to a reference type is measured on
+# A cluster whose expression correlates best with another reference type takes that type when it matches it
+# at least this well over the informative genes: known clusters on held-out Baron donors match their type at
+# >= 0.49, clusters of cells of a type the reference lacks match their closest type at <= 0.37.
+RENAME_SIMILARITY = 0.5
 
 
 @dataclass
@@ -38,7 +42,7 @@ class TransferResult:
         that started self-training with its type: ItClust's share of labels kept), ``similarity``
         (correlation of the cluster's mean expression with its type's over :func:`informative_genes`),
         ``closest_type`` (the reference type whose mean expression correlates best over every measured
-        gene) and ``novel``.
+        gene), ``renamed`` (its type is its closest type, not its cells' starting majority) and ``novel``.
     embedding
         Cells x latent dimensions of the fine-tuned encoder.
     provenance
@@ -171,9 +175,13 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
 
     A cluster is named after the reference type most of its cells started self-training with (rather than
     the type whose centroid it started from: self-training can move a population onto a neighbouring
-    centroid, as alpha cells gathered at a 3-cell mast centroid on a small query with a weak reference).
-    Its confidence, ItClust's share of cells whose label fine-tuning kept, is that majority's share. It is
-    novel when its confidence is low, when its expression's correlation with its type's over
+    centroid, as alpha cells gathered at a 3-cell mast centroid on a small query with a weak reference),
+    unless its expression correlates best with another type and matches it at ``RENAME_SIMILARITY`` or more
+    over :func:`informative_genes`: then it takes that type (ductal cells the source network called acinar,
+    gathered at the acinar centroid of a donor with almost no acinar cells, were Unassigned before).
+    Its confidence, ItClust's share of cells whose label fine-tuning kept, is the share that started with
+    its type. It is novel when its confidence is low (unless renamed: its cells started as another type by
+    construction), when its expression's correlation with its type's over
     :func:`informative_genes` is low (the level: noise from few cells lowers it over every gene), or when
     its expression over every measured gene correlates better with another type's (the ranking: noise lowers
     every type's alike, and the whole profile told ductal cells from acinar ones where the informative
@@ -184,12 +192,16 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
     votes = np.zeros((n_clusters, len(names)))
     np.add.at(votes, (outcome.clusters, outcome.start_codes), 1)
     sizes = np.bincount(outcome.clusters, minlength=n_clusters)
-    named = votes.argmax(1)  # reference type of each cluster
-    confidence = np.divide(votes[np.arange(n_clusters), named], sizes, out=np.zeros(n_clusters), where=sizes > 0)
     genes = informative_genes(type_profiles, present)
-    similarity = _correlations(outcome.cluster_profiles[:, genes], type_profiles[:, genes])[np.arange(n_clusters), named]
+    similarities = _correlations(outcome.cluster_profiles[:, genes], type_profiles[:, genes])
     closest = _correlations(outcome.cluster_profiles[:, present], type_profiles[:, present]).argmax(1)
-    novel = (confidence < min_confidence) | (similarity < min_similarity) | (closest != named)
+    rows = np.arange(n_clusters)
+    started = votes.argmax(1)  # the type most of each cluster's cells started self-training with
+    renamed = (closest != started) & (similarities[rows, closest] >= RENAME_SIMILARITY)
+    named = np.where(renamed, closest, started)  # reference type of each cluster
+    confidence = np.divide(votes[rows, named], sizes, out=np.zeros(n_clusters), where=sizes > 0)
+    similarity = similarities[rows, named]
+    novel = ((confidence < min_confidence) & ~renamed) | (similarity < min_similarity) | (closest != named)
     cluster_names = names[named]
     clusters = pd.DataFrame({
         "label": np.where(novel, UNASSIGNED, cluster_names),
@@ -198,6 +210,7 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
         "confidence": confidence,
         "similarity": similarity,
         "closest_type": names[closest],
+        "renamed": renamed,
         "novel": novel,
     })
     clusters.index.name = "cluster"

@@ -93,7 +93,9 @@ def test_wrong_tissue_is_made_obvious(tmp_path):
     fig = result.plot_markers(query, model)
     assert isinstance(fig, Figure)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    assert all(label.startswith("Unassigned (nearest: ") for label in labels[-int(result.clusters["novel"].sum()):])
+    novel_groups = result.clusters.loc[result.clusters["novel"], "nearest_label"].nunique()  # one row per nearest type
+    assert all(label.startswith("Unassigned (nearest: ") for label in labels[-novel_groups:])
+    assert not any(label.startswith("Unassigned") for label in labels[:-novel_groups])
 
 
 def test_marker_genes_are_the_islet_hormones():
