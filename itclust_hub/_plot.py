@@ -220,6 +220,9 @@ def plot_confidence(result) -> Figure:
                 reasons.append(f"closer to {closest}")
             ax_score.text(1.01, i, " + ".join(reasons) or "novel", transform=ax_score.get_yaxis_transform(),
                           va="center", fontsize=8, color=NOVEL_COLOR)
+        elif "renamed" in clusters and clusters["renamed"].iloc[i]:  # its cells started as another type
+            ax_score.text(1.01, i, "renamed by expression", transform=ax_score.get_yaxis_transform(),
+                          va="center", fontsize=8, color="0.35")
     ax_score.set_xlim(min(-0.05, float(clusters["similarity"].min()) - 0.05), 1.02)
     ax_score.set_xlabel("score")
     ax_score.set_title("Confidence and similarity (novel clusters shaded red)")

@@ -143,7 +143,8 @@ def test_agreement_and_confusion_heatmap():
 
 def test_confidence_chart_marks_novel_clusters():
     result = synthetic_result(["alpha", "Unassigned", "Unassigned"], ["alpha", "beta", "beta"], [False, True, True])
+    result.clusters["renamed"] = [True, False]  # alpha's cells started as another type
     fig = result.plot_confidence()
     ticks = {t.get_text(): t.get_color() for t in fig.axes[0].get_yticklabels()}
     assert ticks == {"1 \u2192 beta  NOVEL": _plot.NOVEL_COLOR, "0 \u2192 alpha": "black"}
-    assert "low confidence" in [t.get_text() for t in fig.axes[1].texts]
+    assert sorted(t.get_text() for t in fig.axes[1].texts) == ["low confidence", "renamed by expression"]
