@@ -22,7 +22,6 @@ from unittest import mock
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import pynndescent
 import scanpy as sc
 from pynndescent import NNDescent
@@ -69,23 +68,18 @@ class OneVsRestLogisticRegression(LogisticRegression):
         return self
 
 
-def _celltypist_annotate(ref_adata: ad.AnnData, ref_labels, query_adata: ad.AnnData) -> pd.DataFrame:
-    """Train CellTypist on the log-normalised reference (all given genes) and annotate the query, with
-    majority voting (each of CellTypist's Leiden over-clusters of the query relabelled by its most common
-    prediction) beside the per-cell predictions."""
+def celltypist_predict_both(ref_adata: ad.AnnData, ref_labels,
+                            query_adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
+    """CellTypist trained on the log-normalised reference (all given genes): its per-cell predictions for the
+    query and, from the same annotation, its majority-voting ones (each of CellTypist's Leiden over-clusters
+    of the query relabelled by its most common prediction)."""
     import celltypist
 
     train_module = importlib.import_module("celltypist.train")  # the attribute celltypist.train is the function
     ref, query = log_normalize(ref_adata), log_normalize(query_adata)
     with mock.patch.object(train_module, "LogisticRegression", OneVsRestLogisticRegression):
         model = celltypist.train(ref, labels=np.asarray(ref_labels, dtype=str), n_jobs=-1)
-    return celltypist.annotate(query, model=model, majority_voting=True).predicted_labels
-
-
-def celltypist_predict_both(ref_adata: ad.AnnData, ref_labels,
-                            query_adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
-    """CellTypist's per-cell and majority-voting predictions from a single training and annotation."""
-    table = _celltypist_annotate(ref_adata, ref_labels, query_adata)
+    table = celltypist.annotate(query, model=model, majority_voting=True).predicted_labels
     return (table["predicted_labels"].astype(str).to_numpy(),
             table["majority_voting"].astype(str).to_numpy())
 
