@@ -14,7 +14,7 @@ Only the transfer (resp. normalisation + annotate) is timed, not reading the que
 Methods:
 - ``itclust``: the bundled ``pancreas-human`` reference when ``itclust_hub/references/pancreas-human``
   exists, else one trained on all Baron human cells (``small_types='drop'``), saved under ``--out``.
-  Default settings: it stops when fewer than 0.5% of labels change (these resampled queries settle after
+  Default settings: it stops when fewer than 0.3% of labels change (these resampled queries settle after
   one iteration, being drawn from the reference's own cells).
 - ``itclust-5iter``: the same, forced through five full self-training iterations (``tol=-1, max_iter=5``),
   the cost of a query that takes longer to settle.

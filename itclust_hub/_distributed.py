@@ -65,7 +65,7 @@ def _arguments(argv) -> argparse.Namespace:
     parser.add_argument("--tissue", default="unknown")
     parser.add_argument("--small-types", choices=["error", "drop"], default="error")
     parser.add_argument("--min-cells-per-type", type=int, default=2)
-    parser.add_argument("--n-top-genes", type=int, help="highly variable genes (default: the recipe's 2000)")
+    parser.add_argument("--n-top-genes", type=int, help="highly variable genes (default: the recipe's 3000)")
     parser.add_argument("--pretrain-epochs", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=256, help="global minibatch, split across processes")

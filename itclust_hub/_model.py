@@ -149,7 +149,7 @@ class ItClust:
         orthologs=None,
         min_overlap: float = 0.05,
         scale: str = "auto",
-        tol: float = 0.005,
+        tol: float = 0.003,
         max_iter: int = 30,
         epochs_per_iter: int = 1,
         batch_size: int = 256,

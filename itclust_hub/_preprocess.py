@@ -24,7 +24,7 @@ class Recipe:
     min_cells_per_gene: int = 10
     drop_gene_prefixes: tuple[str, ...] = ("ERCC", "MT-")
     target_sum: float = 1e4
-    n_top_genes: int = 2000
+    n_top_genes: int = 3000
     max_value: float = 6.0
 
     def to_dict(self) -> dict:

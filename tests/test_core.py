@@ -126,13 +126,13 @@ def test_clusters_named_by_their_cells_starting_types():
 
 
 def test_starting_centroids_weight_cells_by_the_source_networks_certainty():
-    z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [0.0, 5.0]])
-    q_source = torch.tensor([[0.9, 0.05, 0.03, 0.02], [0.9, 0.05, 0.03, 0.02],
-                             [0.3, 0.25, 0.25, 0.2],  # a far cell the source network barely calls type 0
+    z = torch.tensor([[0.0, 0.0], [2.0, 0.0], [34.0, 0.0], [0.0, 5.0]])
+    q_source = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0],
+                             [0.5, 0.3, 0.1, 0.1],  # a far cell the source network barely calls type 0
                              [0.1, 0.8, 0.05, 0.05]])
     centroids = _starting_centroids(z, q_source)
-    # type 0: (0.81 * 0 + 0.81 * 1 + 0.09 * 10) / (0.81 + 0.81 + 0.09) = 1.0; the plain mean would be 3.67
-    assert centroids[:2].flatten().tolist() == pytest.approx([1.0, 0.0, 0.0, 5.0])
+    # type 0: (1 * 0 + 1 * 2 + 0.5**4 * 34) / (1 + 1 + 0.5**4) = 2.0; squared weights give 4.67, the plain mean 12
+    assert centroids[:2].flatten().tolist() == pytest.approx([2.0, 0.0, 0.0, 5.0])
     assert torch.isnan(centroids[2:]).all()  # types no cell is assigned to
 
 
