@@ -160,9 +160,9 @@ def _starting_centroids(z: torch.Tensor, q_source: torch.Tensor) -> torch.Tensor
     are NaN).
 
     Cells the source network is unsure of, often the ones it misreads, pull their type's centroid less. On
-    Baron (benchmarks/RESULTS.md), plain mean -> squared weights: human reference -> mouse query 0.891 ->
-    0.916, held-out human3 macro-F1 0.896 -> 0.948, mouse -> human 0.872 -> 0.889; squared -> fourth power:
-    mouse -> human 0.889 -> 0.906 (the cells a mouse network misreads are its least certain ones).
+    Baron (benchmarks/RESULTS.md), plain mean -> squared weights (2,000 genes): human reference -> mouse
+    query 0.891 -> 0.916, held-out human3 macro-F1 0.896 -> 0.948, mouse -> human 0.872 -> 0.889; squared ->
+    fourth power (3,000 genes): mouse -> human 0.886 -> 0.902, human -> mouse 0.912 -> 0.927.
     """
     probability, codes = q_source.max(1)
     weight = probability**CERTAINTY_POWER
