@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ._errors import ItClustError
+from ._preprocess import Recipe
 from ._train import Replica, train_reference
 
 
@@ -65,7 +66,8 @@ def _arguments(argv) -> argparse.Namespace:
     parser.add_argument("--tissue", default="unknown")
     parser.add_argument("--small-types", choices=["error", "drop"], default="error")
     parser.add_argument("--min-cells-per-type", type=int, default=2)
-    parser.add_argument("--n-top-genes", type=int, help="highly variable genes (default: the recipe's 3000)")
+    parser.add_argument("--n-top-genes", type=int,
+                        help=f"highly variable genes (default: the recipe's {Recipe().n_top_genes})")
     parser.add_argument("--pretrain-epochs", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=256, help="global minibatch, split across processes")
@@ -77,8 +79,6 @@ def _arguments(argv) -> argparse.Namespace:
 def main(argv=None) -> int:
     """Entry point for ``torchrun ... -m itclust_hub._distributed``; returns the exit status."""
     import anndata
-
-    from ._preprocess import Recipe
 
     args = _arguments(argv)
     try:

@@ -215,12 +215,12 @@ def plot_confidence(result) -> Figure:
         if novel:
             ax_score.axhspan(i - 0.5, i + 0.5, color=NOVEL_COLOR, alpha=0.1, linewidth=0)
             reasons = [f"low {name}" for name, flags in low.items() if flags[i]]
-            closest = clusters["closest_type"].iloc[i] if "closest_type" in clusters else None
-            if closest is not None and closest != clusters["nearest_label"].iloc[i]:
+            closest = clusters["closest_type"].iloc[i]
+            if closest != clusters["nearest_label"].iloc[i]:
                 reasons.append(f"closer to {closest}")
             ax_score.text(1.01, i, " + ".join(reasons) or "novel", transform=ax_score.get_yaxis_transform(),
                           va="center", fontsize=8, color=NOVEL_COLOR)
-        elif "renamed" in clusters and clusters["renamed"].iloc[i]:  # its cells started as another type
+        elif clusters["renamed"].iloc[i]:  # its cells started as another type
             ax_score.text(1.01, i, "renamed by expression", transform=ax_score.get_yaxis_transform(),
                           va="center", fontsize=8, color="0.35")
     ax_score.set_xlim(min(-0.05, float(clusters["similarity"].min()) - 0.05), 1.02)

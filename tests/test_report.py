@@ -123,6 +123,8 @@ def synthetic_result(labels, nearest, novel) -> TransferResult:
                                           size=("label", "size"), confidence=("cluster_confidence", "first"),
                                           novel=("novel", "first"))
     clusters["similarity"] = 0.5
+    clusters["closest_type"] = clusters["nearest_label"]
+    clusters["renamed"] = False
     probabilities = pd.DataFrame(0.0, index=cells, columns=["alpha", "beta", "delta"])
     return TransferResult(obs, probabilities, clusters, np.zeros((len(cells), 2)),
                           {"reference": "toy", "settings": {"min_confidence": 0.5, "min_similarity": 0.3}})
