@@ -81,6 +81,9 @@ def _read_json(path: Path) -> dict:
         raise ItClustError(f"{path} is not valid JSON ({err.msg if hasattr(err, 'msg') else err}); re-download the reference") from None
 
 
+CONTEXT_TENSORS = ("mean", "std", "loadings", "noise")  # stored as context_<name> when a reference has context genes
+
+
 def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape that ``config['architecture']`` implies."""
     arch = config["architecture"]
@@ -94,6 +97,10 @@ def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     shapes["gene_mean"] = shapes["gene_std"] = (arch["n_genes"],)
     shapes["gene_loadings"] = (arch["n_genes"], arch["n_components"])
     shapes["gene_noise"] = ()
+    n_context = arch.get("n_context_genes", 0)
+    if n_context:
+        shapes["context_mean"] = shapes["context_std"] = shapes["context_noise"] = (n_context,)
+        shapes["context_loadings"] = (n_context, arch["n_components"])
     return shapes
 
 
@@ -129,6 +136,11 @@ def read_reference(folder) -> tuple[dict, dict[str, torch.Tensor], dict, dict]:
         raise ItClustError(f"genes.json lists {len(genes.get('symbols', []))} genes, config says {n_genes}")
     if genes.get("ensembl_ids") is not None and len(genes["ensembl_ids"]) != n_genes:
         raise ItClustError(f"genes.json lists {len(genes['ensembl_ids'])} Ensembl IDs, config says {n_genes}")
+    n_context = config["architecture"].get("n_context_genes", 0)
+    for key in ("context_symbols", "context_ensembl_ids"):
+        listed = genes.get(key)
+        if (listed is not None or key == "context_symbols") and len(listed or []) != n_context:
+            raise ItClustError(f"genes.json lists {len(listed or [])} {key}, config says {n_context} context genes")
     if len(labels.get("cell_types", [])) != n_types or len(labels.get("counts", [])) != n_types:
         raise ItClustError(f"labels.json does not list {n_types} cell types with counts as config says")
     return config, tensors, genes, labels

@@ -80,7 +80,8 @@ class Atlas:
     """The cells and genes a reference is trained on, and how to read them as network input.
 
     ``cells`` are the obs positions of the labelled cells that pass QC (ascending); ``gene_columns`` the
-    var positions of the selected genes. ``read`` gives log-normalised values of any of those cells.
+    var positions of the selected genes, ``context_columns`` those of every other gene that passed QC (with
+    their own ``context_mean`` and ``context_std``). ``read`` gives log-normalised values of any of those cells.
     """
 
     X: object
@@ -94,14 +95,18 @@ class Atlas:
     mean: np.ndarray
     std: np.ndarray
     recipe: Recipe
+    context_columns: np.ndarray
+    context_mean: np.ndarray
+    context_std: np.ndarray
 
     @property
     def n_cells(self) -> int:
         return len(self.cells)
 
-    def read(self, index) -> sp.csr_matrix:
-        """Log-normalised selected genes of cells ``index`` (ascending positions into ``cells``)."""
-        chunk = as_csr(self.X[self.cells[index]])[:, self.gene_columns]
+    def read(self, index, context: bool = False) -> sp.csr_matrix:
+        """Log-normalised selected genes (or, with ``context``, the other genes) of cells ``index``
+        (ascending positions into ``cells``)."""
+        chunk = as_csr(self.X[self.cells[index]])[:, self.context_columns if context else self.gene_columns]
         return lognormalize(chunk, self.input_type, self.recipe.target_sum, self.totals[index])
 
     def in_memory(self) -> ScaledMatrix:
@@ -154,8 +159,8 @@ def scan_atlas(adata, codes: np.ndarray, cell_types: list[str], recipe: Recipe, 
     ItClust: drop genes with the recipe's prefixes (ERCC, MT-), cells with fewer than
     ``min_genes_per_cell`` genes, then genes seen in fewer than ``min_cells_per_gene`` cells. Cells are
     normalised by their depth over the kept genes, then the recipe's number of highly variable genes is
-    chosen and their mean and standard deviation computed. ``input_type="counts"`` on data that is not
-    integer is refused.
+    chosen, and every kept gene's mean and standard deviation computed (the other kept genes are the
+    context genes). ``input_type="counts"`` on data that is not integer is refused.
     """
     X = adata.X
     used_type, detected = resolve_input_type(input_type, as_csr(X[: min(N_DETECT_ROWS, adata.n_obs)]))
@@ -185,14 +190,16 @@ def scan_atlas(adata, codes: np.ndarray, cell_types: list[str], recipe: Recipe, 
     totals, sums = shard.reduce(totals), shard.reduce(sums)
 
     hvg = seurat_hvg(*_moments(sums[0], sums[1], n), min(recipe.n_top_genes, g))
-    mean, var = _moments(sums[2][hvg], sums[3][hvg], n)
+    mean, var = _moments(sums[2], sums[3], n)
     std = np.sqrt(var)
     std[std == 0] = 1.0
+    mean, std = mean.astype(np.float32), std.astype(np.float32)
     present = np.unique(codes[cells])
     recode = np.full(len(cell_types), -1)
     recode[present] = np.arange(len(present))
     return Atlas(
         X=X, cells=cells, codes=recode[codes[cells]], cell_types=[cell_types[k] for k in present],
         gene_columns=kept[hvg], genes=list(adata.var_names[kept[hvg]]), totals=totals.astype(np.float32),
-        input_type=used_type, mean=mean.astype(np.float32), std=std.astype(np.float32), recipe=recipe,
+        input_type=used_type, mean=mean[hvg], std=std[hvg], recipe=recipe,
+        context_columns=kept[~hvg], context_mean=mean[~hvg], context_std=std[~hvg],
     )

@@ -110,7 +110,11 @@ def _preprocessing_section(config: dict) -> list[str]:
         "with the weights), or with its own when it is of another organism or measures under half of the genes "
         "(`transfer(scale=...)` chooses). Genes it lacks are filled in with their expected values given the genes "
         f"it measures, from a probabilistic PCA of the training cells ({config['architecture']['n_components']} "
-        "components, stored with the weights).",
+        "components, stored with the weights)"
+        + (f"; a query measuring under half of the genes (a targeted panel) also reads the other "
+           f"{config['architecture']['n_context_genes']:,} genes of the atlas it measures (context genes, their "
+           "loadings on the same components stored with the weights)."
+           if config["architecture"].get("n_context_genes") else "."),
         "",
     ]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ._errors import ItClustError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds context genes (genes.json context lists, context_* tensors); 1 is still read
 
 
 def check_format(folder: Path, what: str) -> dict:

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
-from ._artifact import read_reference, write_reference
+from ._artifact import CONTEXT_TENSORS, read_reference, write_reference
 from ._card import render_card
 from ._errors import ItClustError
 from ._format import FORMAT_VERSION
@@ -47,6 +48,9 @@ class ItClust:
         self.type_profiles = tensors["type_profiles"]
         self.gene_mean, self.gene_std = tensors["gene_mean"], tensors["gene_std"]
         self.gene_loadings, self.gene_noise = tensors["gene_loadings"], tensors["gene_noise"]
+        self.context_genes: list[str] = list(genes.get("context_symbols", []))
+        self.context_gene_ids: list[str | None] | None = genes.get("context_ensembl_ids")
+        self.context = {k: tensors[f"context_{k}"] for k in CONTEXT_TENSORS} if self.context_genes else None
         self.source = source or {}
 
     @property
@@ -64,8 +68,10 @@ class ItClust:
     @classmethod
     def from_parts(cls, *, name, organism, tissue, recipe: Recipe, hidden_dims, encoder: Encoder, centroids,
                    type_profiles, gene_mean, gene_std, gene_loadings, gene_noise, genes, gene_ids, cell_types,
-                   type_counts, training, metadata) -> "ItClust":
-        """Assemble a reference from trained parts (used by training)."""
+                   type_counts, training, metadata, context: dict | None = None) -> "ItClust":
+        """Assemble a reference from trained parts (used by training). ``context`` holds the other genes'
+        ``symbols``, ``ensembl_ids`` and their ``mean``, ``std``, ``loadings`` and ``noise``."""
+        context = context if context is not None and len(context["symbols"]) else None
         config = {
             "format_version": FORMAT_VERSION,
             "name": name,
@@ -75,7 +81,8 @@ class ItClust:
             "n_cells": int(sum(type_counts)),
             "architecture": {"n_genes": len(genes), "hidden_dims": list(hidden_dims),
                              "n_types": len(cell_types), "alpha": 1.0,
-                             "n_components": int(gene_loadings.shape[1])},
+                             "n_components": int(gene_loadings.shape[1]),
+                             "n_context_genes": 0 if context is None else len(context["symbols"])},
             "preprocessing": recipe.to_dict(),
             "training": training,
             "library_versions": _library_versions(),
@@ -86,15 +93,27 @@ class ItClust:
                        gene_mean=torch.as_tensor(gene_mean).clone(), gene_std=torch.as_tensor(gene_std).clone(),
                        gene_loadings=torch.as_tensor(gene_loadings).clone(),
                        gene_noise=torch.tensor(gene_noise, dtype=torch.float32))
-        return cls(config, tensors, {"symbols": genes, "ensembl_ids": gene_ids},
-                   {"cell_types": cell_types, "counts": type_counts})
+        gene_lists = {"symbols": genes, "ensembl_ids": gene_ids}
+        if context is not None:
+            tensors.update({f"context_{k}": torch.as_tensor(context[k], dtype=torch.float32).clone() for k in CONTEXT_TENSORS})
+            gene_lists.update(context_symbols=context["symbols"], context_ensembl_ids=context["ensembl_ids"])
+        return cls(config, tensors, gene_lists, {"cell_types": cell_types, "counts": type_counts})
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The weights as they are stored in ``model.safetensors``."""
         out = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
         out.update(centroids=self.centroids, type_profiles=self.type_profiles, gene_mean=self.gene_mean,
                    gene_std=self.gene_std, gene_loadings=self.gene_loadings, gene_noise=self.gene_noise)
+        if self.context is not None:
+            out.update({f"context_{k}": v for k, v in self.context.items()})
         return out
+
+    def gene_lists(self) -> dict:
+        """The gene lists as they are stored in ``genes.json``."""
+        lists = {"symbols": self.genes, "ensembl_ids": self.gene_ids}
+        if self.context is not None:
+            lists.update(context_symbols=self.context_genes, context_ensembl_ids=self.context_gene_ids)
+        return lists
 
     def save_pretrained(self, folder, *, force: bool = False, card: str | None = None) -> Path:
         """Write the reference folder (safetensors + JSON + model card) atomically.
@@ -103,7 +122,7 @@ class ItClust:
         """
         return write_reference(
             folder, self.config, self.tensors(),
-            {"symbols": self.genes, "ensembl_ids": self.gene_ids},
+            self.gene_lists(),
             {"cell_types": self.cell_types, "counts": self.type_counts},
             card if card is not None else render_card(self.config, self.cell_types, self.type_counts),
             force=force,
@@ -230,10 +249,15 @@ class ItClust:
             input_type=input_type, gene_key=gene_key, layer=layer, use_raw=use_raw,
             query_organism=query_organism, orthologs=orthologs, min_overlap=min_overlap,
             scale=scale, reference_stats=(self.gene_mean.numpy(), self.gene_std.numpy()),
+            context=None if self.context is None else (self.context_genes, self.context_gene_ids, (
+                self.context["mean"].numpy(), self.context["std"].numpy())),
             memory_budget=ALIGNED_BUDGET_BYTES if memory_budget is None else int(memory_budget), spill_dir=spill_dir,
         )
         try:
-            encoder = impute_missing(self.encoder, self.gene_loadings, float(self.gene_noise), prepared.alignment.present)
+            measured = prepared.context_present
+            context = None if measured is None else (self.context["loadings"][measured], self.context["noise"][measured])
+            encoder = impute_missing(self.encoder, self.gene_loadings, float(self.gene_noise), prepared.alignment.present,
+                                     context)
             outcome = fine_tune(
                 encoder, self.centroids, prepared.data, tol=tol, max_iter=max_iter,
                 epochs_per_iter=epochs_per_iter, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
@@ -250,5 +274,6 @@ class ItClust:
                          "min_similarity": min_similarity, "seed": seed,
                          "max_cells_per_iter": max_cells_per_iter, "device": str(device)},
         }
+        outcome = dataclasses.replace(outcome, cluster_profiles=outcome.cluster_profiles[:, : len(self.genes)])
         return build_result(outcome, self.cell_types, self.type_profiles.numpy(), prepared.alignment.present,
                             adata.obs_names, min_confidence, min_similarity, provenance)

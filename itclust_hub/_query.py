@@ -19,6 +19,10 @@ MIN_CHUNK_CELLS = 64
 ALIGNED_BUDGET_BYTES = 512 * 2**20  # the aligned matrix is spilled to a temporary file above this
 SCALES = ("auto", "reference", "own")
 REFERENCE_SCALE_MIN_OVERLAP = 0.5  # "auto" scaling uses the reference's statistics from this gene overlap up
+# A query measuring less than this share of the reference genes (a targeted panel) also reads the reference's
+# context genes it measures; above it the missing genes are few, and every gene of a whole-transcriptome
+# query would multiply the aligned matrix's size.
+CONTEXT_MAX_OVERLAP = 0.5
 N_DETECT_ROWS = 2000
 
 
@@ -62,20 +66,26 @@ def _chunk_cells(sample: sp.csr_matrix, budget: int) -> int:
     return max(MIN_CHUNK_CELLS, int(min(CHUNK_BYTES, budget // 4) // per_cell))
 
 
-def _column_map(alignment: GeneAlignment) -> tuple[np.ndarray, np.ndarray]:
-    """Query columns that feed a reference gene (ascending) and the reference column each one feeds."""
+def _column_map(alignment: GeneAlignment, context: GeneAlignment | None) -> tuple[np.ndarray, np.ndarray]:
+    """Query columns that feed a reference gene (ascending) and the column each one feeds: the reference
+    genes', then (with ``context``) one after them per context gene the query measures."""
     coo = alignment.matrix.tocoo()
-    order = np.argsort(coo.row)
-    return coo.row[order].astype(np.int64), coo.col[order].astype(np.int32)
+    rows, cols = coo.row, coo.col
+    if context is not None:
+        extra = context.matrix.tocoo()
+        rank = np.cumsum(context.present) - 1 + alignment.n_reference
+        rows, cols = np.concatenate([rows, extra.row]), np.concatenate([cols, rank[extra.col]])
+    order = np.argsort(rows, kind="stable")
+    return rows[order].astype(np.int64), cols[order].astype(np.int32)
 
 
-def _align(chunk: sp.csr_matrix, columns: tuple[np.ndarray, np.ndarray], n_reference: int) -> sp.csr_matrix:
+def _align(chunk: sp.csr_matrix, columns: tuple[np.ndarray, np.ndarray], n_columns: int) -> sp.csr_matrix:
     """``chunk @ alignment.matrix`` for a 0/1 matrix with at most one 1 per row and column: the query's
     entries moved to their reference columns (same values, no arithmetic; stored zeros dropped, as the
     sparse product drops them)."""
     used, target = columns
     picked = chunk[:, used]
-    aligned = sp.csr_matrix((picked.data, target[picked.indices], picked.indptr), shape=(chunk.shape[0], n_reference))
+    aligned = sp.csr_matrix((picked.data, target[picked.indices], picked.indptr), shape=(chunk.shape[0], n_columns))
     if aligned.nnz and not aligned.data.all():
         aligned.eliminate_zeros()
     return aligned
@@ -96,10 +106,12 @@ class PreparedQuery:
     input_type: str
     input_type_detected: str
     scale: str
+    context_present: np.ndarray | None = None  # context genes the query measures (columns after the reference's)
 
     def summary(self) -> dict:
+        context = 0 if self.context_present is None else int(self.context_present.sum())
         return {"input_type": self.input_type, "input_type_detected": self.input_type_detected,
-                "scale": self.scale, "genes": self.alignment.summary()}
+                "scale": self.scale, "genes": self.alignment.summary(), "context_genes": context}
 
 
 def prepare_query(
@@ -118,6 +130,7 @@ def prepare_query(
     min_overlap: float = 0.05,
     scale: str = "own",
     reference_stats: tuple[np.ndarray, np.ndarray] | None = None,
+    context: tuple[list[str], list[str | None] | None, tuple[np.ndarray, np.ndarray]] | None = None,
     memory_budget: int = ALIGNED_BUDGET_BYTES,
     spill_dir=None,
 ) -> PreparedQuery:
@@ -131,7 +144,9 @@ def prepare_query(
     standard deviation (``scale="own"``) or with ``reference_stats``, the reference's (``"reference"``). Genes
     the query lacks scale to 0; the reference fills them in (``_impute``). ``"auto"`` takes the reference's
     statistics when the query is of the reference's organism and measures at least
-    ``REFERENCE_SCALE_MIN_OVERLAP`` of its genes, else its own. Call
+    ``REFERENCE_SCALE_MIN_OVERLAP`` of its genes, else its own. ``context`` (symbols, Ensembl IDs, mean and
+    standard deviation of the reference's context genes) adds a column per context gene the query measures
+    after the reference genes' when it measures less than ``CONTEXT_MAX_OVERLAP`` of those. Call
     ``prepared.data.close()`` when done (the files are also removed when the object is garbage collected).
     """
     check_anndata(adata)
@@ -148,34 +163,42 @@ def prepare_query(
     check_values(sample)
     used, detected = resolve_input_type(input_type, sample)
     size = _chunk_cells(sample, memory_budget)
-    ids = None if gene_ids is None or all(g is None for g in gene_ids) else [g or "" for g in gene_ids]
-    align = lambda totals: align_genes(var, var_names, genes, ids, gene_key=gene_key, rename=rename,  # noqa: E731
-                                       gene_totals=totals, min_overlap=min_overlap)
-    alignment = align(None)
+    align = lambda symbols, ids, totals, least: align_genes(  # noqa: E731
+        var, var_names, symbols, _ids(ids), gene_key=gene_key, rename=rename, gene_totals=totals, min_overlap=least)
+    alignment = align(genes, gene_ids, None, min_overlap)
+    gene_totals = None
     if alignment.n_duplicates:  # which copy of a duplicated gene is most expressed: one extra pass
         gene_totals = np.zeros(len(var_names))
         for chunk in _chunks(X, n_obs, size):
             check_values(chunk)
             gene_totals += np.asarray(chunk.sum(axis=0)).ravel()
-        alignment = align(gene_totals)
-    columns, n_ref = _column_map(alignment), alignment.n_reference
+        alignment = align(genes, gene_ids, gene_totals, min_overlap)
+    n_ref = alignment.n_reference
+    context_alignment = None
+    if context is not None and len(context[0]) and alignment.n_overlap < CONTEXT_MAX_OVERLAP * n_ref:
+        try:
+            context_alignment = align(context[0], context[1], gene_totals, 0.0)
+        except ItClustError:  # the query measures none of the context genes
+            context_alignment = None
+    columns = _column_map(alignment, context_alignment)
+    n_columns = n_ref + (0 if context_alignment is None else context_alignment.n_overlap)
     if scale == "auto":
         same_species = rename is None
         scale = "reference" if same_species and alignment.n_overlap >= REFERENCE_SCALE_MIN_OVERLAP * n_ref else "own"
-    sums, squares = np.zeros(n_ref), np.zeros(n_ref)
-    builder = CSRBuilder(n_ref, memory_budget, spill_dir)
-    expected = 8 * _align(sample, columns, n_ref).nnz / max(sample.shape[0], 1) * n_obs
+    sums, squares = np.zeros(n_columns), np.zeros(n_columns)
+    builder = CSRBuilder(n_columns, memory_budget, spill_dir)
+    expected = 8 * _align(sample, columns, n_columns).nnz / max(sample.shape[0], 1) * n_obs
     if expected > memory_budget:  # spill from the first chunk rather than after filling the budget
         builder.spill_now()
     try:
         for chunk in _chunks(X, n_obs, size):
             check_values(chunk)
             totals = _row_sums(chunk, counted) if used != "lognorm" else None
-            aligned = lognormalize(_align(chunk, columns, n_ref), used, recipe.target_sum, totals)
+            aligned = lognormalize(_align(chunk, columns, n_columns), used, recipe.target_sum, totals)
             if scale == "own":
                 values = aligned.data.astype(np.float64)
-                sums += np.bincount(aligned.indices, weights=values, minlength=n_ref)
-                squares += np.bincount(aligned.indices, weights=values * values, minlength=n_ref)
+                sums += np.bincount(aligned.indices, weights=values, minlength=n_columns)
+                squares += np.bincount(aligned.indices, weights=values * values, minlength=n_columns)
             builder.append(aligned)
         X_aligned = builder.finish()
     except BaseException:
@@ -187,8 +210,18 @@ def prepare_query(
         present = alignment.present
         mean = np.where(present, reference_stats[0], 0).astype(np.float32)
         std = np.where(present, reference_stats[1], 1).astype(np.float32)
+        if context_alignment is not None:
+            measured = context_alignment.present
+            mean = np.concatenate([mean, context[2][0][measured]]).astype(np.float32)
+            std = np.concatenate([std, context[2][1][measured]]).astype(np.float32)
     data = ScaledMatrix(X_aligned, mean, std, recipe.max_value, dense_budget=min(DENSE_BUDGET_BYTES, memory_budget))
-    return PreparedQuery(data, alignment, used, detected, scale)
+    return PreparedQuery(data, alignment, used, detected, scale,
+                         None if context_alignment is None else context_alignment.present)
+
+
+def _ids(gene_ids: list[str | None] | None) -> list[str] | None:
+    """Reference Ensembl IDs as :func:`align_genes` takes them (None when the reference has none)."""
+    return None if gene_ids is None or all(g is None for g in gene_ids) else [g or "" for g in gene_ids]
 
 
 def _mean_std(sums: np.ndarray, squares: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

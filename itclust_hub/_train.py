@@ -19,7 +19,8 @@ from torch import nn
 from ._atlas import Shard, scan_atlas
 from ._errors import ItClustError
 from ._genes import ensembl_ids_for
-from ._impute import fill_missing, gene_loadings
+from ._data import ScaledMatrix
+from ._impute import context_loadings, fill_missing, gene_loadings, latent_map
 from ._network import Encoder, hidden_dims_for, kl_loss, soft_assign
 from ._preprocess import Recipe
 from ._progress import progress_bar
@@ -27,6 +28,7 @@ from ._query import check_anndata
 
 VAL_MASK_RATES = (0.5, 0.9)
 VAL_CHUNK = 4096
+CONTEXT_CHUNK = 1024  # cells per step of the context pass: dense rows over every gene the atlas measures
 
 
 class Replica:
@@ -150,6 +152,33 @@ def _cell_statistics(net: _SourceNetwork, data, codes: np.ndarray, n_types: int,
     centroids = (replica.all_sum(z_sums) / counts[:, None]).float()
     profiles = (replica.all_sum(x_sums) / counts[:, None]).float()
     return centroids, profiles, replica.all_sum(products).cpu().numpy()
+
+
+def _context_statistics(atlas, data, loadings: np.ndarray, noise: float, replica: Replica):
+    """One pass over the cells: the loadings of every other gene the atlas measures (``context``) on the
+    latent positions of the reference genes' probabilistic PCA, and their residual noise
+    (:func:`itclust_hub._impute.context_loadings`)."""
+    W = torch.from_numpy(loadings).double().to(replica.device)
+    to_latent = latent_map(W, torch.full((len(W),), noise, dtype=torch.float64, device=replica.device))
+    k, g = W.shape[1], len(atlas.context_columns)
+    sums = [torch.zeros(shape, dtype=torch.float64, device=replica.device) for shape in ((k, k), (k, g), (g,))]
+    with torch.no_grad():
+        for start, stop in replica.shard().mine(data.n_cells, CONTEXT_CHUNK):
+            index = np.arange(start, stop)
+            z = _rows(data, index, replica).double() @ to_latent
+            context = ScaledMatrix(atlas.read(index, context=True), atlas.context_mean, atlas.context_std,
+                                   atlas.recipe.max_value, dense_budget=0)
+            x = context.rows(slice(None)).to(replica.device).double()
+            for total, part in zip(sums, (z.T @ z, z.T @ x, (x * x).sum(0))):
+                total += part
+    return context_loadings(*(replica.all_sum(total).cpu().numpy() for total in sums), atlas.n_cells)
+
+
+def _gene_ids(var: pd.DataFrame, symbols: list[str], organism: str) -> list[str] | None:
+    """Ensembl IDs of genes: the atlas's ``gene_ids`` column, else the bundled table for human, else None."""
+    if "gene_ids" in var.columns:
+        return var["gene_ids"].astype(str).tolist()
+    return ensembl_ids_for(symbols) if organism == "human" else None
 
 
 def _gene_mask(n_genes: int, rate: float) -> torch.Tensor:
@@ -352,18 +381,14 @@ def train_reference(
         _pretrain(net, model, data, pretrain_epochs, batch_size, pretrain_lr, rng, bar, replica)
         centroids, profiles, products = _cell_statistics(net, data, atlas.codes, n_types, replica)
         loadings, noise = gene_loadings(products, atlas.n_cells)
+        context = _context_statistics(atlas, data, loadings, noise, replica)
         with torch.no_grad():
             net.centroids.copy_(centroids)
         imputation = (torch.from_numpy(loadings).to(replica.device), noise)
         epochs_run = _supervised(net, model, data, atlas.codes, cfg, imputation, rng, bar, replica)
     net.cpu()
 
-    var = adata.var.iloc[atlas.gene_columns]
-    gene_ids = None
-    if "gene_ids" in var.columns:
-        gene_ids = var["gene_ids"].astype(str).tolist()
-    elif organism == "human":
-        gene_ids = ensembl_ids_for(atlas.genes)
+    context_genes = list(adata.var_names[atlas.context_columns])
     training = dict(cfg, pretrain_epochs=pretrain_epochs, pretrain_lr=pretrain_lr, epochs_run=epochs_run,
                     seed=seed, label_key=label_key, input_type=atlas.input_type, min_cells_per_type=min_cells_per_type,
                     dropped_types=dropped, cells_failing_qc=int((codes >= 0).sum()) - atlas.n_cells,
@@ -383,7 +408,10 @@ def train_reference(
         gene_loadings=loadings,
         gene_noise=noise,
         genes=atlas.genes,
-        gene_ids=gene_ids,
+        gene_ids=_gene_ids(adata.var.iloc[atlas.gene_columns], atlas.genes, organism),
+        context={"symbols": context_genes,
+                 "ensembl_ids": _gene_ids(adata.var.iloc[atlas.context_columns], context_genes, organism),
+                 "mean": atlas.context_mean, "std": atlas.context_std, "loadings": context[0], "noise": context[1]},
         cell_types=atlas.cell_types,
         type_counts=np.bincount(atlas.codes, minlength=n_types).tolist(),
         training=training,

@@ -368,6 +368,7 @@ def test_save_refuses_to_overwrite_without_force(model, saved):
     (lambda p: (p / "config.json").write_text("{not json"), "not valid JSON"),
     (lambda p: _edit_config(p, lambda c: c["architecture"].update(n_genes=c["architecture"]["n_genes"] + 1)), "shape"),
     (lambda p: _edit_config(p, lambda c: c["architecture"].update(n_types=3)), "shape"),
+    (lambda p: _edit_config(p, lambda c: c["architecture"].update(n_context_genes=5)), "shape"),
     (lambda p: _edit_config(p, lambda c: c.update(format_version=99)), "format version 99"),
     (lambda p: _rewrite_json(p, "genes.json", lambda g: g["symbols"].pop()), "checksum"),
 ])
@@ -376,10 +377,11 @@ def test_damaged_reference_folders_are_refused(saved, damage, match):
     _one_line_error(lambda: ih.ItClust.from_pretrained(saved), match)
 
 
-def test_wrong_gene_count_with_matching_checksum_is_refused(saved):
+@pytest.mark.parametrize("gene_list", ["symbols", "context_symbols"])
+def test_wrong_gene_count_with_matching_checksum_is_refused(saved, gene_list):
     from itclust_hub._artifact import sha256
 
-    _rewrite_json(saved, "genes.json", lambda g: g["symbols"].pop())
+    _rewrite_json(saved, "genes.json", lambda g: g[gene_list].pop())
     _edit_config(saved, lambda c: c["files"].update({"genes.json": sha256(saved / "genes.json")}))
     _one_line_error(lambda: ih.ItClust.from_pretrained(saved), "genes.json lists")
 

@@ -1,15 +1,19 @@
-"""Missing-gene imputation: the folded first layer equals filling the genes in, and on a held-out donor the
-filled-in values are closer to the measured ones than the scaled mean a query would otherwise have there."""
+"""Missing-gene imputation: the imputing first layer equals filling the genes in (and trains the reference
+genes' weights), on a held-out donor the filled-in values are closer to the measured ones than the scaled
+mean a query would otherwise have there, and a panel's other genes (context genes) lift its accuracy."""
+
+import copy
 
 import numpy as np
 import torch
+from sklearn.metrics import accuracy_score
 
 import itclust_hub as ih
-from itclust_hub._impute import fill_missing, gene_loadings, impute_missing
+from itclust_hub._impute import fill_missing, gene_loadings, impute_missing, latent_map
 from itclust_hub._network import Encoder
 from itclust_hub._query import prepare_query
 
-from _data import read
+from _data import read, small_reference
 
 
 def test_folded_first_layer_equals_filled_input():
@@ -28,9 +32,32 @@ def test_folded_first_layer_equals_filled_input():
     assert impute_missing(encoder, loadings, noise, np.ones(40, bool)) is encoder
 
 
-def _scaled(model, adata) -> torch.Tensor:
+def test_context_genes_are_read_after_the_reference_genes_and_only_reference_weights_train():
+    torch.manual_seed(0)
+    factors = torch.randn(50, 6)
+    cells, others = factors @ torch.randn(6, 40), factors @ torch.randn(6, 30)
+    loadings, noise = gene_loadings((cells.T @ cells).double().numpy(), 50, n_components=6)
+    loadings = torch.from_numpy(loadings)
+    latent = cells @ latent_map(loadings, torch.full((40,), noise))
+    context = torch.linalg.lstsq(latent, others).solution.T, torch.full((30,), 0.1)  # loadings, noise
+    encoder = Encoder(40, [16, 4])
+    present = torch.rand(40) < 0.3
+    imputing = impute_missing(encoder, loadings, noise, present.numpy(), context)
+    inputs = torch.cat([cells * present, others], dim=1)
+    filled = cells * present
+    both = torch.cat([loadings[present], context[0]])
+    estimate = torch.cat([cells[:, present], others], dim=1) @ latent_map(both, torch.cat([torch.full((int(present.sum()),), noise), context[1]]))
+    filled[:, ~present] = estimate @ loadings[~present].T
+    with torch.no_grad():
+        assert torch.allclose(imputing(inputs), encoder(filled), atol=1e-4)
+    assert [p.shape for p in imputing.parameters()] == [p.shape for p in encoder.parameters()]
+    imputing(inputs).sum().backward()
+    assert imputing.layers[0].linear.weight.grad[:, ~present].abs().sum() > 0  # missing genes' weights train too
+
+
+def _scaled(model, adata, scale="reference") -> torch.Tensor:
     prepared = prepare_query(adata, genes=model.genes, gene_ids=model.gene_ids, organism=model.organism,
-                             recipe=model.recipe, scale="reference", memory_budget=2**29,
+                             recipe=model.recipe, scale=scale, memory_budget=2**29,
                              reference_stats=(model.gene_mean.numpy(), model.gene_std.numpy()))
     return prepared.data.rows(slice(0, prepared.data.n_cells)).double()
 
@@ -49,3 +76,19 @@ def test_imputation_beats_the_mean_on_a_held_out_donor():
         baseline = (held_out[:, ~present] ** 2).mean().item()
         print(f"{share:.0%} of genes: squared error {error:.3f} imputed, {baseline:.3f} at the mean")
         assert error < 0.95 * baseline
+
+
+def test_context_genes_lift_a_panels_accuracy_on_a_held_out_donor():
+    model = small_reference()  # trained without human3
+    human = read("baron_human_pancreas")
+    held_out = human[human.obs["donor"] == "human3"].copy()
+    panel = held_out[:, np.random.default_rng(0).random(held_out.n_vars) < 0.1].copy()
+    without = copy.copy(model)
+    without.context = None
+    results = [m.transfer(panel, progress=False) for m in (model, without)]
+    truth = panel.obs["cell_type1"].astype(str)
+    accuracy = [accuracy_score(truth, r.obs["nearest_label"]) for r in results]
+    print(f"{results[0].provenance['genes']['n_overlap']} reference and {results[0].provenance['context_genes']} "
+          f"context genes measured: accuracy {accuracy[0]:.3f} with the context genes, {accuracy[1]:.3f} without")
+    assert results[1].provenance["context_genes"] == 0
+    assert accuracy[0] > accuracy[1]
