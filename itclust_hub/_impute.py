@@ -11,7 +11,7 @@ reference also keeps ``context`` loadings: each other gene the atlas measures, r
 cells' latent positions, with its own residual noise. Those genes then sharpen the latent position
 (factor analysis: each gene weighted by its inverse noise) and enter the first layer as extra inputs. On
 held-out Baron donors with 25% / 10% of all genes measured (benchmarks/RESULTS.md, seeds 0-2) they lift
-accuracy 0.949 -> 0.962 and 0.901 -> 0.924.
+accuracy 0.949 -> 0.962 and 0.901 -> 0.925.
 """
 
 from __future__ import annotations

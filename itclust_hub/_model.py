@@ -37,6 +37,7 @@ class ItClust:
     def __init__(self, config: dict, tensors: dict[str, torch.Tensor], genes: dict, labels: dict, source=None):
         self.config = config
         self.recipe = Recipe.from_dict(config["preprocessing"])
+        self.gene_lists = genes  # genes.json as read or assembled: written back unchanged by save_pretrained
         self.genes: list[str] = list(genes["symbols"])
         self.gene_ids: list[str | None] | None = genes.get("ensembl_ids")
         self.cell_types: list[str] = list(labels["cell_types"])
@@ -108,13 +109,6 @@ class ItClust:
             out.update({f"context_{k}": v for k, v in self.context.items()})
         return out
 
-    def gene_lists(self) -> dict:
-        """The gene lists as they are stored in ``genes.json``."""
-        lists = {"symbols": self.genes, "ensembl_ids": self.gene_ids}
-        if self.context is not None:
-            lists.update(context_symbols=self.context_genes, context_ensembl_ids=self.context_gene_ids)
-        return lists
-
     def save_pretrained(self, folder, *, force: bool = False, card: str | None = None) -> Path:
         """Write the reference folder (safetensors + JSON + model card) atomically.
 
@@ -122,7 +116,7 @@ class ItClust:
         """
         return write_reference(
             folder, self.config, self.tensors(),
-            self.gene_lists(),
+            self.gene_lists,
             {"cell_types": self.cell_types, "counts": self.type_counts},
             card if card is not None else render_card(self.config, self.cell_types, self.type_counts),
             force=force,
