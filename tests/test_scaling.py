@@ -1,7 +1,7 @@
 """Large-query machinery at CI size, on real Baron human cells: a backed (on-disk) query and the
 memory-bounded path (aligned matrix spilled to a temporary file, no dense cache, tiny chunks, cells drawn
 per iteration) give the same result as the in-memory default; the sparse first layer equals the dense one
-(clipping included); and the cost of a self-training iteration as a ratio to a plain forward pass
+(clipping included, and on a panel read with context genes); and the cost of a self-training iteration as a ratio to a plain forward pass
 measured in the same run (never an absolute time)."""
 
 import time
@@ -14,6 +14,7 @@ import torch
 
 import itclust_hub as ih
 from itclust_hub._errors import ItClustError
+from itclust_hub._impute import impute_missing
 from itclust_hub._query import prepare_query
 from itclust_hub._transfer import _intra_op_threads, fine_tune
 
@@ -104,13 +105,29 @@ def test_sparse_first_layer_equals_the_dense_one(model, query):
     clipped = np.abs((block.data - data.mean.numpy()[block.indices]) * data.inv_std.numpy()[block.indices]) > data.max_value
     assert clipped.any(), "the query should exercise clipping"
     np.testing.assert_allclose(delta.toarray() + data.zero.numpy(), data.rows(slice(0, 500)).numpy(), atol=1e-5)
+    _sparse_equals_dense(model.encoder, model.centroids, data)
+
+
+def test_sparse_first_layer_equals_the_dense_one_on_a_panel_with_context_genes(model, query):
+    panel = query[:, np.random.default_rng(0).random(query.n_vars) < 0.1].copy()
+    context = (model.context_genes, model.context_gene_ids, (model.context["mean"].numpy(), model.context["std"].numpy()))
+    prepared = prepare_query(panel, genes=model.genes, gene_ids=model.gene_ids, organism=model.organism,
+                             recipe=model.recipe, context=context)
+    measured = prepared.context_present
+    assert measured.sum() > 100 and prepared.data.n_genes == len(model.genes) + measured.sum()
+    encoder = impute_missing(model.encoder, model.gene_loadings, float(model.gene_noise), prepared.alignment.present,
+                             (model.context["loadings"][measured], model.context["noise"][measured]))
+    _sparse_equals_dense(encoder, model.centroids, prepared.data)
+
+
+def _sparse_equals_dense(encoder, centroids, data):
+    """Fine-tuning with the sparse first layer gives the dense one's result, with any number of workers."""
     kw = dict(tol=0.005, max_iter=5, epochs_per_iter=1, batch_size=256, lr=0.01, seed=0, progress=False)
-    s = fine_tune(model.encoder, model.centroids, data, sparse=True, **kw)
-    d = fine_tune(model.encoder, model.centroids, data, sparse=False, **kw)
+    s = fine_tune(encoder, centroids, data, sparse=True, **kw)
+    d = fine_tune(encoder, centroids, data, sparse=False, **kw)
     assert (s.clusters == d.clusters).mean() > 0.995
     np.testing.assert_allclose(s.embedding, d.embedding, atol=1e-3)
-    # results do not depend on the number of pass workers
-    w = fine_tune(model.encoder, model.centroids, data, sparse=True, workers=3, **kw)
+    w = fine_tune(encoder, centroids, data, sparse=True, workers=3, **kw)
     np.testing.assert_array_equal(s.embedding, w.embedding)
 
 
