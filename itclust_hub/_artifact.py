@@ -132,15 +132,13 @@ def read_reference(folder) -> tuple[dict, dict[str, torch.Tensor], dict, dict]:
             raise ItClustError(f"tensor {key} has shape {tuple(tensors[key].shape)}, config says {shape}")
     genes, labels = _read_json(folder / "genes.json"), _read_json(folder / "labels.json")
     n_genes, n_types = config["architecture"]["n_genes"], config["architecture"]["n_types"]
-    if len(genes.get("symbols", [])) != n_genes:
-        raise ItClustError(f"genes.json lists {len(genes.get('symbols', []))} genes, config says {n_genes}")
-    if genes.get("ensembl_ids") is not None and len(genes["ensembl_ids"]) != n_genes:
-        raise ItClustError(f"genes.json lists {len(genes['ensembl_ids'])} Ensembl IDs, config says {n_genes}")
     n_context = config["architecture"].get("n_context_genes", 0)
-    for key in ("context_symbols", "context_ensembl_ids"):
-        listed = genes.get(key)
-        if (listed is not None or key == "context_symbols") and len(listed or []) != n_context:
-            raise ItClustError(f"genes.json lists {len(listed or [])} {key}, config says {n_context} context genes")
+    for names, ids, n, what in (("symbols", "ensembl_ids", n_genes, "genes"),
+                                ("context_symbols", "context_ensembl_ids", n_context, "context genes")):
+        if len(genes.get(names) or []) != n:
+            raise ItClustError(f"genes.json lists {len(genes.get(names) or [])} {what}, config says {n}")
+        if genes.get(ids) is not None and len(genes[ids]) != n:
+            raise ItClustError(f"genes.json lists {len(genes[ids])} Ensembl IDs of {what}, config says {n}")
     if len(labels.get("cell_types", [])) != n_types or len(labels.get("counts", [])) != n_types:
         raise ItClustError(f"labels.json does not list {n_types} cell types with counts as config says")
     return config, tensors, genes, labels

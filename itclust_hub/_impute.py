@@ -55,16 +55,13 @@ def context_loadings(latent_products: np.ndarray, cross_products: np.ndarray, sq
     return loadings.T.astype(np.float32), np.clip(residual, NOISE_FLOOR, None).astype(np.float32)
 
 
-def latent_map(loadings: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+def latent_map(loadings: torch.Tensor, noise: torch.Tensor | float) -> torch.Tensor:
     """S (genes x components): a cell's expected latent position is ``x @ S`` given genes with ``loadings``
-    and per-gene noise variances ``noise``: ``Psi^-1 W (W' Psi^-1 W + I)^-1``."""
-    weighted = loadings / noise.clamp(min=NOISE_FLOOR)[:, None]
+    and noise variances ``noise`` (per gene, or one for all): ``Psi^-1 W (W' Psi^-1 W + I)^-1``."""
+    noise = torch.as_tensor(noise, dtype=loadings.dtype, device=loadings.device).clamp(min=NOISE_FLOOR)
+    weighted = loadings / (noise[:, None] if noise.ndim else noise)
     gram = loadings.T @ weighted + torch.eye(loadings.shape[1], dtype=loadings.dtype, device=loadings.device)
     return torch.linalg.solve(gram, weighted.T).T
-
-
-def _isotropic(noise: float, n_genes: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.full((n_genes,), noise, dtype=like.dtype, device=like.device)
 
 
 def fill_missing(x: torch.Tensor, present: torch.Tensor, loadings: torch.Tensor, noise: float) -> torch.Tensor:
@@ -76,8 +73,7 @@ def fill_missing(x: torch.Tensor, present: torch.Tensor, loadings: torch.Tensor,
     W = loadings.to(x.device, x.dtype)
     present = present.to(x.device)
     out = x.clone()
-    Wp = W[present]
-    out[:, ~present] = (x[:, present] @ latent_map(Wp, _isotropic(noise, len(Wp), Wp))) @ W[~present].T
+    out[:, ~present] = (x[:, present] @ latent_map(W[present], noise)) @ W[~present].T
     return out
 
 
@@ -126,7 +122,7 @@ def impute_missing(encoder: Encoder, loadings: torch.Tensor, noise: float, prese
     if bool(present.all()):
         return encoder
     W = loadings.double()
-    inputs, noises = W[present], _isotropic(noise, int(present.sum()), W)
+    inputs, noises = W[present], torch.full((int(present.sum()),), noise, dtype=W.dtype)
     if context is not None:
         inputs = torch.cat([inputs, context[0].double()])
         noises = torch.cat([noises, context[1].double()])

@@ -159,7 +159,7 @@ def _context_statistics(atlas, data, loadings: np.ndarray, noise: float, replica
     latent positions of the reference genes' probabilistic PCA, and their residual noise
     (:func:`itclust_hub._impute.context_loadings`)."""
     W = torch.from_numpy(loadings).double().to(replica.device)
-    to_latent = latent_map(W, torch.full((len(W),), noise, dtype=torch.float64, device=replica.device))
+    to_latent = latent_map(W, noise)
     k, g = W.shape[1], len(atlas.context_columns)
     sums = [torch.zeros(shape, dtype=torch.float64, device=replica.device) for shape in ((k, k), (k, g), (g,))]
     with torch.no_grad():
