@@ -51,6 +51,9 @@ def gene_overlap_text(provenance: dict) -> str:
     if genes.get("ortholog_mapped") is not None:
         text += (f" after mapping {genes['ortholog_mapped']:,} {provenance.get('query_organism', 'query')} genes "
                  "through one-to-one orthologs")
+    if provenance.get("context_genes"):
+        text += (f"; the missing ones filled in with the help of {provenance['context_genes']:,} other genes it "
+                 "measures (context genes)")
     return text
 
 

@@ -12,6 +12,7 @@ import itclust_hub as ih
 from itclust_hub._impute import fill_missing, gene_loadings, impute_missing, latent_map
 from itclust_hub._network import Encoder
 from itclust_hub._query import prepare_query
+from itclust_hub._report import gene_overlap_text
 
 from _data import read, small_reference
 
@@ -91,4 +92,6 @@ def test_context_genes_lift_a_panels_accuracy_on_a_held_out_donor():
     print(f"{results[0].provenance['genes']['n_overlap']} reference and {results[0].provenance['context_genes']} "
           f"context genes measured: accuracy {accuracy[0]:.3f} with the context genes, {accuracy[1]:.3f} without")
     assert results[1].provenance["context_genes"] == 0
+    said = [gene_overlap_text(r.provenance) for r in results]  # the CLI's and the report's gene line
+    assert f"{results[0].provenance['context_genes']:,} other genes it measures" in said[0] and "context" not in said[1]
     assert accuracy[0] > accuracy[1]
