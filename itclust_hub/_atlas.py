@@ -103,10 +103,10 @@ class Atlas:
     def n_cells(self) -> int:
         return len(self.cells)
 
-    def read(self, index, context: bool = False) -> sp.csr_matrix:
-        """Log-normalised selected genes (or, with ``context``, the other genes) of cells ``index``
+    def read(self, index, columns: np.ndarray | None = None) -> sp.csr_matrix:
+        """Log-normalised genes ``columns`` (var positions; default the selected genes) of cells ``index``
         (ascending positions into ``cells``)."""
-        chunk = as_csr(self.X[self.cells[index]])[:, self.context_columns if context else self.gene_columns]
+        chunk = as_csr(self.X[self.cells[index]])[:, self.gene_columns if columns is None else columns]
         return lognormalize(chunk, self.input_type, self.recipe.target_sum, self.totals[index])
 
     def in_memory(self) -> ScaledMatrix:

@@ -85,20 +85,21 @@ class ImputingLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, present: torch.Tensor, to_latent: torch.Tensor, missing_loadings: torch.Tensor):
         super().__init__()
-        self.linear = linear
-        self.register_buffer("present", present)
+        self.linear, self.out_features = linear, linear.out_features
+        # column positions rather than masks: indexing by them needs no device sync in the per-batch loop
+        self.register_buffer("present_columns", present.nonzero().flatten())
+        self.register_buffer("missing_columns", (~present).nonzero().flatten())
         self.register_buffer("to_latent", to_latent.float())  # inputs x components
         self.register_buffer("missing_loadings", missing_loadings.float())  # missing genes x components
-        self.in_features, self.out_features = len(present) + len(to_latent) - int(present.sum()), linear.out_features
 
     @property
     def weight(self) -> torch.Tensor:
         """Hidden x inputs: the trained weights of the present genes plus the missing genes' read-out."""
         w = self.linear.weight
-        read = (w[:, ~self.present] @ self.missing_loadings) @ self.to_latent.T
-        n_present = int(self.present.sum())
+        read = (w[:, self.missing_columns] @ self.missing_loadings) @ self.to_latent.T
+        n_present = len(self.present_columns)
         own = torch.zeros_like(w)
-        own[:, self.present] = w[:, self.present] + read[:, :n_present]
+        own[:, self.present_columns] = w[:, self.present_columns] + read[:, :n_present]
         return torch.cat([own, read[:, n_present:]], dim=1)
 
     @property

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 from importlib.metadata import version
 from pathlib import Path
@@ -268,6 +267,5 @@ class ItClust:
                          "min_similarity": min_similarity, "seed": seed,
                          "max_cells_per_iter": max_cells_per_iter, "device": str(device)},
         }
-        outcome = dataclasses.replace(outcome, cluster_profiles=outcome.cluster_profiles[:, : len(self.genes)])
         return build_result(outcome, self.cell_types, self.type_profiles.numpy(), prepared.alignment.present,
                             adata.obs_names, min_confidence, min_similarity, provenance)

@@ -194,8 +194,9 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
     np.add.at(votes, (outcome.clusters, outcome.start_codes), 1)
     sizes = np.bincount(outcome.clusters, minlength=n_clusters)
     genes = informative_genes(type_profiles, present)
-    similarities = _correlations(outcome.cluster_profiles[:, genes], type_profiles[:, genes])
-    closest = _correlations(outcome.cluster_profiles[:, present], type_profiles[:, present]).argmax(1)
+    profiles = outcome.cluster_profiles[:, : len(present)]  # any context genes' columns follow the reference's
+    similarities = _correlations(profiles[:, genes], type_profiles[:, genes])
+    closest = _correlations(profiles[:, present], type_profiles[:, present]).argmax(1)
     rows = np.arange(n_clusters)
     started = votes.argmax(1)  # the type most of each cluster's cells started self-training with
     renamed = (closest != started) & (similarities[rows, closest] >= RENAME_SIMILARITY)

@@ -154,21 +154,21 @@ def _cell_statistics(net: _SourceNetwork, data, codes: np.ndarray, n_types: int,
     return centroids, profiles, replica.all_sum(products).cpu().numpy()
 
 
-def _context_statistics(atlas, data, loadings: np.ndarray, noise: float, replica: Replica):
+def _context_statistics(atlas, loadings: np.ndarray, noise: float, replica: Replica):
     """One pass over the cells: the loadings of every other gene the atlas measures (``context``) on the
     latent positions of the reference genes' probabilistic PCA, and their residual noise
-    (:func:`itclust_hub._impute.context_loadings`)."""
+    (:func:`itclust_hub._impute.context_loadings`). Each chunk of cells is read once for both gene sets."""
     W = torch.from_numpy(loadings).double().to(replica.device)
     to_latent = latent_map(W, noise)
-    k, g = W.shape[1], len(atlas.context_columns)
+    n, k, g = len(W), W.shape[1], len(atlas.context_columns)
+    columns = np.concatenate([atlas.gene_columns, atlas.context_columns])
+    mean, std = np.concatenate([atlas.mean, atlas.context_mean]), np.concatenate([atlas.std, atlas.context_std])
     sums = [torch.zeros(shape, dtype=torch.float64, device=replica.device) for shape in ((k, k), (k, g), (g,))]
     with torch.no_grad():
-        for start, stop in replica.shard().mine(data.n_cells, CONTEXT_CHUNK):
-            index = np.arange(start, stop)
-            z = _rows(data, index, replica).double() @ to_latent
-            context = ScaledMatrix(atlas.read(index, context=True), atlas.context_mean, atlas.context_std,
-                                   atlas.recipe.max_value, dense_budget=0)
-            x = context.rows(slice(None)).to(replica.device).double()
+        for start, stop in replica.shard().mine(atlas.n_cells, CONTEXT_CHUNK):
+            both = ScaledMatrix(atlas.read(np.arange(start, stop), columns), mean, std, atlas.recipe.max_value,
+                                dense_budget=0).rows(slice(None)).to(replica.device).double()
+            z, x = both[:, :n] @ to_latent, both[:, n:]
             for total, part in zip(sums, (z.T @ z, z.T @ x, (x * x).sum(0))):
                 total += part
     return context_loadings(*(replica.all_sum(total).cpu().numpy() for total in sums), atlas.n_cells)
@@ -381,7 +381,7 @@ def train_reference(
         _pretrain(net, model, data, pretrain_epochs, batch_size, pretrain_lr, rng, bar, replica)
         centroids, profiles, products = _cell_statistics(net, data, atlas.codes, n_types, replica)
         loadings, noise = gene_loadings(products, atlas.n_cells)
-        context = _context_statistics(atlas, data, loadings, noise, replica)
+        context = _context_statistics(atlas, loadings, noise, replica)
         with torch.no_grad():
             net.centroids.copy_(centroids)
         imputation = (torch.from_numpy(loadings).to(replica.device), noise)

@@ -95,7 +95,8 @@ def _encode(encoder: Encoder, data: ScaledMatrix, block: sp.csr_matrix, delta: s
     first = encoder.layers[0]
     if sparse:
         xs = torch_csr(delta, device)
-        h = torch.sparse.mm(xs, first.weight.t()) + (first.weight @ data.zero.to(device) + first.bias)
+        weight = first.weight  # computed by an imputing first layer: read it once
+        h = torch.sparse.mm(xs, weight.t()) + (weight @ data.zero.to(device) + first.bias)
         h = torch.tanh(h) if len(encoder.layers) == 1 else torch.relu(h)
         for i in range(1, len(encoder.layers)):
             h = encoder.layer_forward(h, i)
