@@ -81,7 +81,8 @@ def _read_json(path: Path) -> dict:
         raise ItClustError(f"{path} is not valid JSON ({err.msg if hasattr(err, 'msg') else err}); re-download the reference") from None
 
 
-CONTEXT_TENSORS = ("mean", "std", "loadings", "noise")  # stored as context_<name> when a reference has context genes
+CONTEXT_TENSORS = ("mean", "std", "loadings", "noise", "share")  # stored as context_<name> when a reference has context genes
+SHARE_FORMAT = 3  # the format that adds gene_share and context_share (earlier references lack them)
 
 
 def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
@@ -101,6 +102,10 @@ def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     if n_context:
         shapes["context_mean"] = shapes["context_std"] = shapes["context_noise"] = (n_context,)
         shapes["context_loadings"] = (n_context, arch["n_components"])
+    if config["format_version"] >= SHARE_FORMAT:
+        shapes["gene_share"] = (arch["n_genes"],)
+        if n_context:
+            shapes["context_share"] = (n_context,)
     return shapes
 
 

@@ -81,7 +81,9 @@ class Atlas:
 
     ``cells`` are the obs positions of the labelled cells that pass QC (ascending); ``gene_columns`` the
     var positions of the selected genes, ``context_columns`` those of every other gene that passed QC (with
-    their own ``context_mean`` and ``context_std``). ``read`` gives log-normalised values of any of those cells.
+    their own ``context_mean``, ``context_std`` and ``context_share``). ``share`` is each gene's mean share
+    of a cell's normalised expression (over all of these genes, it sums to 1). ``read`` gives log-normalised
+    values of any of those cells.
     """
 
     X: object
@@ -98,6 +100,8 @@ class Atlas:
     context_columns: np.ndarray
     context_mean: np.ndarray
     context_std: np.ndarray
+    share: np.ndarray
+    context_share: np.ndarray
 
     @property
     def n_cells(self) -> int:
@@ -159,8 +163,8 @@ def scan_atlas(adata, codes: np.ndarray, cell_types: list[str], recipe: Recipe, 
     ItClust: drop genes with the recipe's prefixes (ERCC, MT-), cells with fewer than
     ``min_genes_per_cell`` genes, then genes seen in fewer than ``min_cells_per_gene`` cells. Cells are
     normalised by their depth over the kept genes, then the recipe's number of highly variable genes is
-    chosen, and every kept gene's mean and standard deviation computed (the other kept genes are the
-    context genes). ``input_type="counts"`` on data that is not integer is refused.
+    chosen, and every kept gene's mean, standard deviation and share of the normalised expression computed
+    (the other kept genes are the context genes). ``input_type="counts"`` on data that is not integer is refused.
     """
     X = adata.X
     used_type, detected = resolve_input_type(input_type, as_csr(X[: min(N_DETECT_ROWS, adata.n_obs)]))
@@ -194,6 +198,7 @@ def scan_atlas(adata, codes: np.ndarray, cell_types: list[str], recipe: Recipe, 
     std = np.sqrt(var)
     std[std == 0] = 1.0
     mean, std = mean.astype(np.float32), std.astype(np.float32)
+    share = (sums[0] / sums[0].sum()).astype(np.float32)
     present = np.unique(codes[cells])
     recode = np.full(len(cell_types), -1)
     recode[present] = np.arange(len(present))
@@ -202,4 +207,5 @@ def scan_atlas(adata, codes: np.ndarray, cell_types: list[str], recipe: Recipe, 
         gene_columns=kept[hvg], genes=list(adata.var_names[kept[hvg]]), totals=totals.astype(np.float32),
         input_type=used_type, mean=mean[hvg], std=std[hvg], recipe=recipe,
         context_columns=kept[~hvg], context_mean=mean[~hvg], context_std=std[~hvg],
+        share=share[hvg], context_share=share[~hvg],
     )

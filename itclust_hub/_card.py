@@ -113,7 +113,9 @@ def _preprocessing_section(config: dict) -> list[str]:
         "components, stored with the weights)"
         + (f"; a query measuring under half of the genes (a targeted panel) also reads the other "
            f"{config['architecture']['n_context_genes']:,} genes of the atlas it measures (context genes, their "
-           "loadings on the same components stored with the weights)."
+           "loadings on the same components stored with the weights), and its cells are normalised by their depth "
+           "over the genes they measure divided by the share of a training cell's expression those genes hold "
+           "(each gene's share stored with the weights)."
            if config["architecture"].get("n_context_genes") else "."),
         "",
     ]

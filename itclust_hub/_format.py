@@ -7,7 +7,9 @@ from pathlib import Path
 
 from ._errors import ItClustError
 
-FORMAT_VERSION = 2  # 2 adds context genes (genes.json context lists, context_* tensors); 1 is still read
+# 2 adds context genes (genes.json context lists, context_* tensors); 3 adds each gene's share of a cell's
+# expression (gene_share, context_share); 1 and 2 are still read
+FORMAT_VERSION = 3
 
 
 def check_format(folder: Path, what: str) -> dict:

@@ -48,9 +48,11 @@ class ItClust:
         self.type_profiles = tensors["type_profiles"]
         self.gene_mean, self.gene_std = tensors["gene_mean"], tensors["gene_std"]
         self.gene_loadings, self.gene_noise = tensors["gene_loadings"], tensors["gene_noise"]
+        self.gene_share = tensors.get("gene_share")  # None in references of format 1 and 2
         self.context_genes: list[str] = list(genes.get("context_symbols", []))
         self.context_gene_ids: list[str | None] | None = genes.get("context_ensembl_ids")
-        self.context = {k: tensors[f"context_{k}"] for k in CONTEXT_TENSORS} if self.context_genes else None
+        self.context = ({k: tensors[f"context_{k}"] for k in CONTEXT_TENSORS if f"context_{k}" in tensors}
+                        if self.context_genes else None)
         self.source = source or {}
 
     @property
@@ -67,10 +69,10 @@ class ItClust:
 
     @classmethod
     def from_parts(cls, *, name, organism, tissue, recipe: Recipe, hidden_dims, encoder: Encoder, centroids,
-                   type_profiles, gene_mean, gene_std, gene_loadings, gene_noise, genes, gene_ids, cell_types,
-                   type_counts, training, metadata, context: dict | None = None) -> "ItClust":
+                   type_profiles, gene_mean, gene_std, gene_loadings, gene_noise, gene_share, genes, gene_ids,
+                   cell_types, type_counts, training, metadata, context: dict | None = None) -> "ItClust":
         """Assemble a reference from trained parts (used by training). ``context`` holds the other genes'
-        ``symbols``, ``ensembl_ids`` and their ``mean``, ``std``, ``loadings`` and ``noise``."""
+        ``symbols``, ``ensembl_ids`` and their ``mean``, ``std``, ``loadings``, ``noise`` and ``share``."""
         context = context if context is not None and len(context["symbols"]) else None
         config = {
             "format_version": FORMAT_VERSION,
@@ -92,7 +94,8 @@ class ItClust:
         tensors.update(centroids=centroids.detach().clone(), type_profiles=type_profiles.detach().clone(),
                        gene_mean=torch.as_tensor(gene_mean).clone(), gene_std=torch.as_tensor(gene_std).clone(),
                        gene_loadings=torch.as_tensor(gene_loadings).clone(),
-                       gene_noise=torch.tensor(gene_noise, dtype=torch.float32))
+                       gene_noise=torch.tensor(gene_noise, dtype=torch.float32),
+                       gene_share=torch.as_tensor(gene_share, dtype=torch.float32).clone())
         gene_lists = {"symbols": genes, "ensembl_ids": gene_ids}
         if context is not None:
             tensors.update({f"context_{k}": torch.as_tensor(context[k], dtype=torch.float32).clone() for k in CONTEXT_TENSORS})
@@ -104,6 +107,8 @@ class ItClust:
         out = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
         out.update(centroids=self.centroids, type_profiles=self.type_profiles, gene_mean=self.gene_mean,
                    gene_std=self.gene_std, gene_loadings=self.gene_loadings, gene_noise=self.gene_noise)
+        if self.gene_share is not None:
+            out["gene_share"] = self.gene_share
         if self.context is not None:
             out.update({f"context_{k}": v for k, v in self.context.items()})
         return out
@@ -244,6 +249,8 @@ class ItClust:
             scale=scale, reference_stats=(self.gene_mean.numpy(), self.gene_std.numpy()),
             context=None if self.context is None else (self.context_genes, self.context_gene_ids, (
                 self.context["mean"].numpy(), self.context["std"].numpy())),
+            shares=None if self.gene_share is None or self.context is None else (
+                self.gene_share.numpy(), self.context["share"].numpy()),
             memory_budget=ALIGNED_BUDGET_BYTES if memory_budget is None else int(memory_budget), spill_dir=spill_dir,
         )
         try:

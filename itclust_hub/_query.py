@@ -107,11 +107,13 @@ class PreparedQuery:
     input_type_detected: str
     scale: str
     context_present: np.ndarray | None = None  # context genes the query measures (columns after the reference's)
+    depth_share: float | None = None  # share of a reference cell's expression a panel's genes hold (None: not a panel)
 
     def summary(self) -> dict:
         context = 0 if self.context_present is None else int(self.context_present.sum())
         return {"input_type": self.input_type, "input_type_detected": self.input_type_detected,
-                "scale": self.scale, "genes": self.alignment.summary(), "context_genes": context}
+                "scale": self.scale, "genes": self.alignment.summary(), "context_genes": context,
+                "depth_share": self.depth_share}
 
 
 def prepare_query(
@@ -131,6 +133,7 @@ def prepare_query(
     scale: str = "own",
     reference_stats: tuple[np.ndarray, np.ndarray] | None = None,
     context: tuple[list[str], list[str | None] | None, tuple[np.ndarray, np.ndarray]] | None = None,
+    shares: tuple[np.ndarray, np.ndarray] | None = None,
     memory_budget: int = ALIGNED_BUDGET_BYTES,
     spill_dir=None,
 ) -> PreparedQuery:
@@ -146,7 +149,11 @@ def prepare_query(
     statistics when the query is of the reference's organism and measures at least
     ``REFERENCE_SCALE_MIN_OVERLAP`` of its genes, else its own. ``context`` (symbols, Ensembl IDs, mean and
     standard deviation of the reference's context genes) adds a column per context gene the query measures
-    after the reference genes' when it measures less than ``CONTEXT_MAX_OVERLAP`` of those. Call
+    after the reference genes' when it measures less than ``CONTEXT_MAX_OVERLAP`` of those. Such a panel's
+    cells are normalised by their depth over the reference and context genes they measure, divided by the
+    share of a reference cell's expression those genes hold (summed from ``shares``, each reference and
+    context gene's mean share): an estimate of the depth over all of them, which the reference's cells were
+    normalised by. Call
     ``prepared.data.close()`` when done (the files are also removed when the object is garbage collected).
     """
     check_anndata(adata)
@@ -181,6 +188,9 @@ def prepare_query(
         except ItClustError:  # the query measures none of the context genes
             context_alignment = None
     columns = _column_map(alignment, context_alignment)
+    depth_share = None
+    if context_alignment is not None and shares is not None and used != "lognorm":
+        depth_share = float(shares[0][alignment.present].sum() + shares[1][context_alignment.present].sum())
     n_columns = n_ref + (0 if context_alignment is None else context_alignment.n_overlap)
     if scale == "auto":
         same_species = rename is None
@@ -193,8 +203,12 @@ def prepare_query(
     try:
         for chunk in _chunks(X, n_obs, size):
             check_values(chunk)
-            totals = _row_sums(chunk, counted) if used != "lognorm" else None
-            aligned = lognormalize(_align(chunk, columns, n_columns), used, recipe.target_sum, totals)
+            aligned = _align(chunk, columns, n_columns)
+            if depth_share:
+                totals = np.asarray(aligned.sum(axis=1)).ravel() / depth_share
+            else:
+                totals = _row_sums(chunk, counted) if used != "lognorm" else None
+            aligned = lognormalize(aligned, used, recipe.target_sum, totals)
             if scale == "own":
                 values = aligned.data.astype(np.float64)
                 sums += np.bincount(aligned.indices, weights=values, minlength=n_columns)
@@ -216,7 +230,7 @@ def prepare_query(
             std = np.concatenate([std, context[2][1][measured]]).astype(np.float32)
     data = ScaledMatrix(X_aligned, mean, std, recipe.max_value, dense_budget=min(DENSE_BUDGET_BYTES, memory_budget))
     return PreparedQuery(data, alignment, used, detected, scale,
-                         None if context_alignment is None else context_alignment.present)
+                         None if context_alignment is None else context_alignment.present, depth_share)
 
 
 def _ids(gene_ids: list[str | None] | None) -> list[str] | None:

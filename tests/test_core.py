@@ -386,6 +386,24 @@ def test_wrong_gene_count_with_matching_checksum_is_refused(saved, gene_list):
     _one_line_error(lambda: ih.ItClust.from_pretrained(saved), "genes.json lists")
 
 
+def test_a_format_2_reference_without_expression_shares_still_transfers_a_panel(saved, query):
+    from safetensors.torch import load_file, save_file
+
+    from itclust_hub._artifact import sha256
+
+    tensors = load_file(saved / "model.safetensors")
+    save_file({k: v for k, v in tensors.items() if not k.endswith("_share")}, saved / "model.safetensors")
+    _edit_config(saved, lambda c: (c.update(format_version=2),
+                                   c["files"].update({"model.safetensors": sha256(saved / "model.safetensors")})))
+    old = ih.ItClust.from_pretrained(saved)
+    assert old.gene_share is None and "share" not in old.context
+    panel = query[:, np.random.default_rng(0).random(query.n_vars) < 0.1].copy()
+    result = old.transfer(panel, progress=False, max_iter=2)
+    assert result.provenance["context_genes"] > 0 and result.provenance["depth_share"] is None
+    _edit_config(saved, lambda c: c.update(format_version=3))  # format 3 requires the shares
+    _one_line_error(lambda: ih.ItClust.from_pretrained(saved), "expected")
+
+
 def _edit_config(folder, change):
     _rewrite_json(folder, "config.json", change)
 

@@ -95,3 +95,23 @@ def test_context_genes_lift_a_panels_accuracy_on_a_held_out_donor():
     said = [gene_overlap_text(r.provenance) for r in results]  # the CLI's and the report's gene line
     assert f"{results[0].provenance['context_genes']:,} other genes it measures" in said[0] and "context" not in said[1]
     assert accuracy[0] > accuracy[1]
+
+
+def test_a_panels_cells_are_normalised_to_their_whole_transcriptome_depth():
+    model = small_reference()  # trained without human3
+    human = read("baron_human_pancreas")
+    held_out = human[human.obs["donor"] == "human3"].copy()
+    panel = held_out[:, np.random.default_rng(1).random(held_out.n_vars) < 0.1].copy()
+    kwargs = dict(genes=model.genes, gene_ids=model.gene_ids, organism=model.organism, recipe=model.recipe,
+                  context=(model.context_genes, model.context_gene_ids,
+                           (model.context["mean"].numpy(), model.context["std"].numpy())))
+    whole = prepare_query(held_out, **kwargs).data.X  # every gene measured: normalised by its full depth
+    shares = (model.gene_share.numpy(), model.context["share"].numpy())
+    prepared = [prepare_query(panel, shares=s, **kwargs) for s in (shares, None)]
+    columns = np.flatnonzero(prepared[0].alignment.present)  # the reference genes the panel measures
+    errors = [np.abs(p.data.X[:, columns] - whole[:, columns]).mean() for p in (prepared[0], prepared[1])]
+    print(f"panel holds {prepared[0].depth_share:.1%} of a reference cell's expression; mean absolute error of "
+          f"its log-normalised values: {errors[0]:.3f} with its depth estimated, {errors[1]:.3f} over the panel")
+    assert prepared[0].context_present.any() and prepared[1].depth_share is None
+    assert 0 < prepared[0].depth_share < 0.5
+    assert errors[0] < 0.5 * errors[1]
