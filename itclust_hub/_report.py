@@ -54,6 +54,9 @@ def gene_overlap_text(provenance: dict) -> str:
     if provenance.get("context_genes"):
         text += (f"; the missing ones filled in with the help of {provenance['context_genes']:,} other genes it "
                  "measures (context genes)")
+    if provenance.get("depth_share"):
+        text += (f"; cells normalised by their estimated whole-transcriptome depth (the genes measured hold "
+                 f"{provenance['depth_share']:.0%} of a reference cell's expression)")
     return text
 
 
@@ -90,7 +93,7 @@ def warnings(result) -> list[str]:
     fraction = result.provenance.get("genes", {}).get("fraction")
     if fraction is not None and fraction < WARN_OVERLAP:
         out.append(f"only {fraction:.0%} of the reference genes are measured in the query; missing genes are filled "
-                   "with the mean, so labels are less reliable.")
+                   "in from the measured ones, so labels are less reliable (rare types most).")
     if result.provenance.get("converged") is False:
         out.append("fine-tuning stopped at max_iter before labels settled; consider a larger max_iter.")
     return out

@@ -12,7 +12,7 @@ import itclust_hub as ih
 from itclust_hub._impute import fill_missing, gene_loadings, impute_missing, latent_map
 from itclust_hub._network import Encoder
 from itclust_hub._query import prepare_query
-from itclust_hub._report import gene_overlap_text
+from itclust_hub._report import gene_overlap_text, warnings
 
 from _data import read, small_reference
 
@@ -94,6 +94,7 @@ def test_context_genes_lift_a_panels_accuracy_on_a_held_out_donor():
     assert results[1].provenance["context_genes"] == 0
     said = [gene_overlap_text(r.provenance) for r in results]  # the CLI's and the report's gene line
     assert f"{results[0].provenance['context_genes']:,} other genes it measures" in said[0] and "context" not in said[1]
+    assert any("missing genes are filled in from the measured ones" in line for line in warnings(results[0]))
     assert accuracy[0] > accuracy[1]
 
 
@@ -114,4 +115,6 @@ def test_a_panels_cells_are_normalised_to_their_whole_transcriptome_depth():
           f"its log-normalised values: {errors[0]:.3f} with its depth estimated, {errors[1]:.3f} over the panel")
     assert prepared[0].context_present.any() and prepared[1].depth_share is None
     assert 0 < prepared[0].depth_share < 0.5
+    said = gene_overlap_text(prepared[0].summary())  # the CLI's and the report's gene line
+    assert f"hold {prepared[0].depth_share:.0%} of a reference cell's expression" in said
     assert errors[0] < 0.5 * errors[1]
