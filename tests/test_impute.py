@@ -17,7 +17,7 @@ from itclust_hub._report import gene_overlap_text, warnings
 from _data import read, small_reference
 
 
-def test_folded_first_layer_equals_filled_input():
+def test_imputing_first_layer_equals_filled_input():
     torch.manual_seed(0)
     cells = torch.randn(50, 6) @ torch.randn(6, 40)  # rank-6 expression over 40 genes
     loadings, noise = gene_loadings((cells.T @ cells).double().numpy(), 50, n_components=6)
@@ -25,10 +25,10 @@ def test_folded_first_layer_equals_filled_input():
     encoder = Encoder(40, [16, 4])
     present = torch.rand(40) < 0.4
     measured = cells * present  # a query leaves its missing genes at the scaled mean, 0
-    folded = impute_missing(encoder, loadings, noise, present.numpy())
+    imputing = impute_missing(encoder, loadings, noise, present.numpy())
     with torch.no_grad():
         expected = encoder(fill_missing(cells, present, loadings, noise))
-        assert torch.allclose(folded(measured), expected, atol=1e-4)
+        assert torch.allclose(imputing(measured), expected, atol=1e-4)
         assert not torch.allclose(encoder(measured), expected, atol=1e-2)  # imputation changes the embedding
     assert impute_missing(encoder, loadings, noise, np.ones(40, bool)) is encoder
 
