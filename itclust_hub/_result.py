@@ -22,6 +22,11 @@ INFORMATIVE_GENES = 500  # genes a cluster's similarity to a reference type is m
 # >= 0.49 (14 saved runs); clusters of cells of a type the reference lacked matched their closest type at
 # 0.20-0.37 (seed 0 of every benchmark pair).
 RENAME_SIMILARITY = 0.5
+# A cell's reported probabilities are its soft assignment q to the clusters raised to this power and renormalised
+# (DEC's target distribution without its cluster-frequency term, which could change the cell's most likely
+# cluster). q itself is under-confident: on the benchmark's nine pairs (seeds 0-2; benchmarks/RESULTS.md) the
+# expected calibration error is 0.20-0.42 for q and 0.03-0.08 for q squared, with the labels unchanged.
+PROBABILITY_POWER = 2
 
 
 @dataclass
@@ -34,10 +39,11 @@ class TransferResult:
         One row a cell (index = the query's ``obs_names``): ``label`` (``"Unassigned"`` where the cell's
         cluster is judged novel), ``nearest_label`` (the cluster's reference type),
         ``source_label`` (the source network's direct prediction, before fine-tuning), ``cluster``,
-        ``probability`` (soft assignment to its cluster), ``cluster_confidence`` and ``novel``.
+        ``probability`` (of its cluster: its soft assignment to the clusters, squared and renormalised; see
+        ``PROBABILITY_POWER``), ``cluster_confidence`` and ``novel``.
     probabilities
-        Cells x reference types soft assignment: a type's share is the sum over the clusters named by it
-        (types that name no cluster are 0).
+        Cells x reference types: a type's probability is the sum over the clusters named by it (types that
+        name no cluster are 0).
     clusters
         One row a target cluster: ``label``, ``nearest_label``, ``size``, ``confidence`` (share of its cells
         that started self-training with its type: ItClust's share of labels kept), ``similarity``
@@ -218,16 +224,18 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
     clusters.index.name = "cluster"
     clusters = clusters[clusters["size"] > 0]
     c = outcome.clusters
+    probability = outcome.q.astype(np.float64) ** PROBABILITY_POWER
+    probability = (probability / probability.sum(1, keepdims=True)).astype(np.float32)
     obs = pd.DataFrame({
         "label": clusters["label"].reindex(c).to_numpy(),
         "nearest_label": cluster_names[c],
         "source_label": names[outcome.source_codes],
         "cluster": c,
-        "probability": outcome.q[np.arange(len(c)), c],
+        "probability": probability[np.arange(len(c)), c],
         "cluster_confidence": confidence[c],
         "novel": novel[c],
     }, index=pd.Index(obs_names, name=None))
-    probabilities = (outcome.q @ np.eye(len(names), dtype=np.float32)[named]).astype(np.float32)
+    probabilities = (probability @ np.eye(len(names), dtype=np.float32)[named]).astype(np.float32)
     return TransferResult(
         obs=obs,
         probabilities=pd.DataFrame(probabilities, index=obs.index, columns=list(names)),

@@ -122,7 +122,24 @@ def test_clusters_named_by_their_cells_starting_types():
     assert res.clusters["novel"].tolist() == [False, True, False, True]
     assert list(res.labels) == ["c"] * 3 + ["Unassigned"] * 2 + ["c"] * 2 + ["Unassigned"] * 2
     assert list(res.probabilities.columns) == ["a", "b", "c"] and (res.probabilities["b"] == 0).all()
-    assert res.probabilities.to_numpy() == pytest.approx(np.tile([[0.3, 0.0, 0.7]], (9, 1)))
+    # each cell's q (0.6, 0.3, 0.1, 0.0) squared and renormalised, summed over the clusters each type names
+    assert res.probabilities.to_numpy() == pytest.approx(np.tile([[0.09 / 0.46, 0.0, 0.37 / 0.46]], (9, 1)))
+    assert res.obs["probability"].tolist() == pytest.approx([0.36 / 0.46] * 3 + [0.09 / 0.46] * 2 + [0.01 / 0.46] * 2 + [0.0] * 2)
+
+
+def test_reported_probability_is_calibrated_on_a_held_out_donor(model, query):
+    result = model.transfer(query, progress=False)
+    correct = (result.labels == query.obs["cell_type1"].astype(str)).to_numpy()
+    probability = result.obs["probability"].to_numpy()
+    frame = pd.DataFrame({"correct": correct, "probability": probability,
+                          "bin": pd.cut(probability, [0, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0], include_lowest=True)})
+    table = frame.groupby("bin", observed=True).agg(n=("correct", "size"), accuracy=("correct", "mean"),
+                                                    probability=("probability", "mean"))
+    error = float((table["accuracy"] - table["probability"]).abs() @ table["n"]) / len(frame)  # cell-weighted
+    print(f"accuracy {correct.mean():.3f}, mean probability {probability.mean():.3f}, calibration error {error:.3f}")
+    print(table.round(3))
+    assert error < 0.1
+    assert abs(probability.mean() - correct.mean()) < 0.1
 
 
 def test_starting_centroids_weight_cells_by_the_source_networks_certainty():
