@@ -224,18 +224,18 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
     clusters.index.name = "cluster"
     clusters = clusters[clusters["size"] > 0]
     c = outcome.clusters
-    probability = outcome.q.astype(np.float64) ** PROBABILITY_POWER
-    probability = (probability / probability.sum(1, keepdims=True)).astype(np.float32)
+    per_cluster = outcome.q.astype(np.float64) ** PROBABILITY_POWER  # cells x clusters
+    per_cluster = (per_cluster / per_cluster.sum(1, keepdims=True)).astype(np.float32)
     obs = pd.DataFrame({
         "label": clusters["label"].reindex(c).to_numpy(),
         "nearest_label": cluster_names[c],
         "source_label": names[outcome.source_codes],
         "cluster": c,
-        "probability": probability[np.arange(len(c)), c],
+        "probability": per_cluster[np.arange(len(c)), c],
         "cluster_confidence": confidence[c],
         "novel": novel[c],
     }, index=pd.Index(obs_names, name=None))
-    probabilities = (probability @ np.eye(len(names), dtype=np.float32)[named]).astype(np.float32)
+    probabilities = (per_cluster @ np.eye(len(names), dtype=np.float32)[named]).astype(np.float32)
     return TransferResult(
         obs=obs,
         probabilities=pd.DataFrame(probabilities, index=obs.index, columns=list(names)),
