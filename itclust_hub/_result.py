@@ -40,7 +40,8 @@ class TransferResult:
         cluster is judged novel), ``nearest_label`` (the cluster's reference type),
         ``source_label`` (the source network's direct prediction, before fine-tuning), ``cluster``,
         ``probability`` (of its cluster: its soft assignment to the clusters, squared and renormalised; see
-        ``PROBABILITY_POWER``), ``cluster_confidence`` and ``novel``.
+        ``PROBABILITY_POWER``; it ranks the reference's clusters, ``novel`` says whether any fits),
+        ``cluster_confidence`` and ``novel``.
     probabilities
         Cells x reference types: a type's probability is the sum over the clusters named by it (types that
         name no cluster are 0).
