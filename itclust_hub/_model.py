@@ -113,6 +113,22 @@ class ItClust:
             out.update({f"context_{k}": v for k, v in self.context.items()})
         return out
 
+    def _panel_inputs(self) -> dict:
+        """:func:`~itclust_hub._query.prepare_query`'s ``context`` and ``shares`` for this reference (None where
+        it has no context genes, or a format before shares)."""
+        if self.context is None:
+            return {"context": None, "shares": None}
+        return {"context": (self.context_genes, self.context_gene_ids,
+                            (self.context["mean"].numpy(), self.context["std"].numpy())),
+                "shares": None if self.gene_share is None else (self.gene_share.numpy(), self.context["share"].numpy())}
+
+    def _encoder_for(self, prepared) -> Encoder:
+        """The source encoder reading ``prepared``'s columns: missing genes filled in, context genes read."""
+        measured = prepared.context_present
+        context = None if measured is None else (self.context["loadings"][measured], self.context["noise"][measured])
+        return impute_missing(self.encoder, self.gene_loadings, float(self.gene_noise), prepared.alignment.present,
+                              context)
+
     def save_pretrained(self, folder, *, force: bool = False, card: str | None = None) -> Path:
         """Write the reference folder (safetensors + JSON + model card) atomically.
 
@@ -246,18 +262,11 @@ class ItClust:
             adata, genes=self.genes, gene_ids=self.gene_ids, organism=self.organism, recipe=self.recipe,
             input_type=input_type, gene_key=gene_key, layer=layer, use_raw=use_raw,
             query_organism=query_organism, orthologs=orthologs, min_overlap=min_overlap,
-            scale=scale, reference_stats=(self.gene_mean.numpy(), self.gene_std.numpy()),
-            context=None if self.context is None else (self.context_genes, self.context_gene_ids, (
-                self.context["mean"].numpy(), self.context["std"].numpy())),
-            shares=None if self.gene_share is None or self.context is None else (
-                self.gene_share.numpy(), self.context["share"].numpy()),
+            scale=scale, reference_stats=(self.gene_mean.numpy(), self.gene_std.numpy()), **self._panel_inputs(),
             memory_budget=ALIGNED_BUDGET_BYTES if memory_budget is None else int(memory_budget), spill_dir=spill_dir,
         )
         try:
-            measured = prepared.context_present
-            context = None if measured is None else (self.context["loadings"][measured], self.context["noise"][measured])
-            encoder = impute_missing(self.encoder, self.gene_loadings, float(self.gene_noise), prepared.alignment.present,
-                                     context)
+            encoder = self._encoder_for(prepared)
             outcome = fine_tune(
                 encoder, self.centroids, prepared.data, tol=tol, max_iter=max_iter,
                 epochs_per_iter=epochs_per_iter, batch_size=batch_size, lr=lr, seed=seed, progress=progress,

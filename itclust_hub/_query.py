@@ -150,10 +150,10 @@ def prepare_query(
     ``REFERENCE_SCALE_MIN_OVERLAP`` of its genes, else its own. ``context`` (symbols, Ensembl IDs, mean and
     standard deviation of the reference's context genes) adds a column per context gene the query measures
     after the reference genes' when it measures less than ``CONTEXT_MAX_OVERLAP`` of those. Such a panel's
-    cells (counts or TPM) are normalised by their depth over the reference and context genes they measure, divided by the
-    share of a reference cell's expression those genes hold (summed from ``shares``, each reference and
-    context gene's mean share): an estimate of the depth over all of them, which the reference's cells were
-    normalised by. Call
+    cells (counts or TPM) are normalised by their depth over the reference and context genes they measure,
+    divided by the share of a reference cell's expression those genes hold (summed from ``shares``, each
+    reference and context gene's mean share): an estimate of the depth over all of them, which the
+    reference's cells were normalised by. Call
     ``prepared.data.close()`` when done (the files are also removed when the object is garbage collected).
     """
     check_anndata(adata)

@@ -104,11 +104,9 @@ def test_a_panels_cells_are_normalised_to_their_whole_transcriptome_depth():
     held_out = human[human.obs["donor"] == "human3"].copy()
     panel = held_out[:, np.random.default_rng(1).random(held_out.n_vars) < 0.1].copy()
     kwargs = dict(genes=model.genes, gene_ids=model.gene_ids, organism=model.organism, recipe=model.recipe,
-                  context=(model.context_genes, model.context_gene_ids,
-                           (model.context["mean"].numpy(), model.context["std"].numpy())))
+                  context=model._panel_inputs()["context"])
     whole = prepare_query(held_out, **kwargs).data.X  # every gene measured: normalised by its full depth
-    shares = (model.gene_share.numpy(), model.context["share"].numpy())
-    prepared = [prepare_query(panel, shares=s, **kwargs) for s in (shares, None)]
+    prepared = [prepare_query(panel, shares=s, **kwargs) for s in (model._panel_inputs()["shares"], None)]
     columns = np.flatnonzero(prepared[0].alignment.present)  # the reference genes the panel measures
     errors = [np.abs(p.data.X[:, columns] - whole[:, columns]).mean() for p in (prepared[0], prepared[1])]
     print(f"panel holds {prepared[0].depth_share:.1%} of a reference cell's expression; mean absolute error of "

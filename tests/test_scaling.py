@@ -14,7 +14,6 @@ import torch
 
 import itclust_hub as ih
 from itclust_hub._errors import ItClustError
-from itclust_hub._impute import impute_missing
 from itclust_hub._query import prepare_query
 from itclust_hub._transfer import _intra_op_threads, fine_tune
 
@@ -110,14 +109,11 @@ def test_sparse_first_layer_equals_the_dense_one(model, query):
 
 def test_sparse_first_layer_equals_the_dense_one_on_a_panel_with_context_genes(model, query):
     panel = query[:, np.random.default_rng(0).random(query.n_vars) < 0.1].copy()
-    context = (model.context_genes, model.context_gene_ids, (model.context["mean"].numpy(), model.context["std"].numpy()))
     prepared = prepare_query(panel, genes=model.genes, gene_ids=model.gene_ids, organism=model.organism,
-                             recipe=model.recipe, context=context)
+                             recipe=model.recipe, context=model._panel_inputs()["context"])
     measured = prepared.context_present
     assert measured.sum() > 100 and prepared.data.n_genes == len(model.genes) + measured.sum()
-    encoder = impute_missing(model.encoder, model.gene_loadings, float(model.gene_noise), prepared.alignment.present,
-                             (model.context["loadings"][measured], model.context["noise"][measured]))
-    _sparse_equals_dense(encoder, model.centroids, prepared.data)
+    _sparse_equals_dense(model._encoder_for(prepared), model.centroids, prepared.data)
 
 
 def _sparse_equals_dense(encoder, centroids, data):
