@@ -231,7 +231,8 @@ class ItClust:
             matches that type's at 0.5 or more over the 500 measured genes that differ most between types:
             then it takes that type (``renamed``). It is novel ("Unassigned") when its starting majority's
             share (ItClust's confidence) is below ``min_confidence`` (renamed clusters excepted), when its
-            similarity to its type over those 500 genes is below ``min_similarity``, or when another
+            similarity to its type over those 500 genes (corrected for the noise of a mean over few
+            cells) is below ``min_similarity``, or when another
             reference type's expression correlates better over every measured gene.
         seed, device, progress
             Determinism, torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...), and the progress bar

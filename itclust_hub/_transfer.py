@@ -46,6 +46,7 @@ class FineTuneOutcome:
     q: np.ndarray  # cells x clusters soft assignment
     embedding: np.ndarray  # cells x latent
     cluster_profiles: np.ndarray  # clusters x genes mean scaled expression
+    within_variance: np.ndarray  # genes: variance of the scaled expression within clusters, pooled over them
     n_iter: int
     converged: bool
     changed: list[float]  # share of labels changed at each iteration
@@ -121,10 +122,11 @@ def _ordered_map(fn, items, workers: int):
 
 
 def _pass(encoder: Encoder, centroids: torch.Tensor, data: ScaledMatrix, *, sparse: bool, device,
-          profiles: bool = True, workers: int = 1):
-    """One ordered pass: embedding, soft assignment and (with ``profiles``) per-cluster sums of the
-    scaled expression as ``(sums, counts)``. Chunks are processed on ``workers`` threads; the result
-    does not depend on their number."""
+          profiles: bool = True, squares: bool = False, workers: int = 1):
+    """One ordered pass: embedding, soft assignment, with ``profiles`` the per-cluster sums of the scaled
+    expression's offsets from a zero entry (``delta``) and the cluster sizes as ``(sums, counts)``, and with
+    ``squares`` each gene's sum of squared offsets over all cells (else None). Chunks are processed on
+    ``workers`` threads; the result does not depend on their number."""
     k = len(centroids)
 
     @torch.no_grad()  # grad mode is per thread: set it in the worker
@@ -140,19 +142,23 @@ def _pass(encoder: Encoder, centroids: torch.Tensor, data: ScaledMatrix, *, spar
             labels = q.argmax(1).numpy()
             indicator = sp.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels)))
             sums = ((indicator @ delta).toarray(), np.bincount(labels, minlength=k))
-        return z, q, sums
+        squared = np.asarray(delta.power(2).sum(0), dtype=np.float64).ravel() if squares else None
+        return z, q, sums, squared
 
     z_all = torch.empty(data.n_cells, encoder.layers[-1].out_features)
     q_all = torch.empty(data.n_cells, k)
     sums, counts = np.zeros((k, data.n_genes)), np.zeros(k)
+    gene_squares = np.zeros(data.n_genes) if squares else None
     bounds = [(start, min(start + PASS_ROWS, data.n_cells)) for start in range(0, data.n_cells, PASS_ROWS)]
-    for (start, stop), (z, q, part) in zip(bounds, _ordered_map(chunk, bounds, workers)):
+    for (start, stop), (z, q, part, squared) in zip(bounds, _ordered_map(chunk, bounds, workers)):
         z_all[start:stop] = z
         q_all[start:stop] = q
         if part is not None:
             sums += part[0]
             counts += part[1]
-    return z_all, q_all, (sums, counts)
+        if squared is not None:
+            gene_squares += squared
+    return z_all, q_all, (sums, counts), gene_squares
 
 
 def _starting_centroids(z: torch.Tensor, q_source: torch.Tensor) -> torch.Tensor:
@@ -217,7 +223,8 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, 
     per_iter = n if max_cells_per_iter is None else min(n, max(int(max_cells_per_iter), 1))
     encoder = copy.deepcopy(encoder).to(device)
     passing = dict(sparse=sparse, device=device, workers=workers)
-    z, q_source, _ = _pass(encoder, source_centroids.to(device), data, profiles=False, **passing)
+    z, q_source, _, squares = _pass(encoder, source_centroids.to(device), data, profiles=False, squares=True,
+                                    **passing)
     source_codes = q_source.argmax(1).numpy()
     kept = np.unique(source_codes)
     centroids = nn.Parameter(_starting_centroids(z, q_source)[torch.as_tensor(kept)].to(device))
@@ -241,7 +248,7 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, 
                     loss.backward()
                     opt.step()
             del view, p
-            z, q, (sums, counts) = _pass(encoder, centroids.detach(), data, **passing)
+            z, q, (sums, counts), _ = _pass(encoder, centroids.detach(), data, **passing)
             labels = q.argmax(1).numpy()
             changed.append(float(np.mean(labels != last)))
             last = labels
@@ -252,5 +259,8 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, 
                 break
     clusters = q.argmax(1).numpy()
     profiles = (sums + counts[:, None] * data.zero.numpy().astype(np.float64)) / np.maximum(counts, 1)[:, None]
-    return FineTuneOutcome(source_codes, start_codes, clusters, q.numpy(), z.numpy(),
-                           profiles.astype(np.float32), it, converged, changed)
+    # within-cluster sum of squares = all cells' less each cluster's size x its squared mean (delta's = the expression's)
+    within = squares - (sums**2 / np.maximum(counts, 1)[:, None]).sum(0)
+    within_variance = np.maximum(within, 0) / max(n - np.count_nonzero(counts), 1)
+    return FineTuneOutcome(source_codes, start_codes, clusters, q.numpy(), z.numpy(), profiles.astype(np.float32),
+                           within_variance, it, converged, changed)

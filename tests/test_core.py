@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score
 import itclust_hub as ih
 from itclust_hub._errors import ItClustError
 from itclust_hub._preprocess import detect_input_type
-from itclust_hub._result import build_result, informative_genes
+from itclust_hub._result import _noise_corrected, build_result, informative_genes
 from itclust_hub._transfer import FineTuneOutcome, _starting_centroids
 
 from _data import read, small_reference
@@ -107,10 +107,10 @@ def test_clusters_named_by_their_cells_starting_types():
         clusters=np.array([0, 0, 0, 1, 1, 2, 2, 3, 3]), q=np.tile([[0.6, 0.3, 0.1, 0.0]], (9, 1)),
         embedding=np.zeros((9, 2)),
         cluster_profiles=np.array([[0, 1, 0, 0], [1, 0, 0, 0], [2, 3, 0, 0], [1, 1.05, 0.8, 0]], dtype=float),
-        n_iter=1, converged=True, changed=[0.0])
+        within_variance=np.zeros(4), n_iter=1, converged=True, changed=[0.0])
     profiles = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0]], dtype=float)
     res = build_result(outcome, ["a", "b", "c"], profiles, np.ones(4, bool), list("rstuvwxyz"), 0.6, 0.3, {})
-    # a tie goes to the first type
+    # a tie goes to the tied type whose expression correlates best with the cluster's (cluster 1: a)
     assert list(res.obs["nearest_label"]) == ["c", "c", "c", "a", "a", "c", "c", "a", "a"]
     assert list(res.obs["source_label"]) == ["a", "a", "c", "c", "a", "a", "a", "a", "a"]
     assert res.clusters["confidence"].tolist() == pytest.approx([2 / 3, 0.5, 0.0, 1.0])  # started as its type
@@ -125,6 +125,37 @@ def test_clusters_named_by_their_cells_starting_types():
     # each cell's q (0.6, 0.3, 0.1, 0.0) squared and renormalised, summed over the clusters each type names
     assert res.probabilities.to_numpy() == pytest.approx(np.tile([[0.09 / 0.46, 0.0, 0.37 / 0.46]], (9, 1)))
     assert res.obs["probability"].tolist() == pytest.approx([0.36 / 0.46] * 3 + [0.09 / 0.46] * 2 + [0.01 / 0.46] * 2 + [0.0] * 2)
+
+
+def test_a_tie_between_starting_types_goes_to_the_type_the_cluster_resembles():
+    # One cell started as a, one as c: named c, whose expression the cluster's matches best, not the first type.
+    # It matches c at 0.47, too weakly to rename a cluster named a (which would be novel).
+    outcome = FineTuneOutcome(
+        source_codes=np.array([0, 2]), start_codes=np.array([0, 2]), clusters=np.array([0, 0]),
+        q=np.ones((2, 1)), embedding=np.zeros((2, 2)),
+        cluster_profiles=np.array([[0.8, 1, 0.9, 0]]), within_variance=np.zeros(4), n_iter=1, converged=True,
+        changed=[0.0])
+    profiles = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0]], dtype=float)
+    res = build_result(outcome, ["a", "b", "c"], profiles, np.ones(4, bool), ["x", "y"], 0.5, 0.3, {})
+    assert list(res.labels) == ["c", "c"] and res.clusters["confidence"].tolist() == [0.5]
+
+
+def test_similarity_is_corrected_for_the_noise_of_a_small_clusters_mean():
+    # Cells of two types over 500 genes, each gene's noise twice the spread of the types' profiles: a lone cell
+    # correlates with its type's profile at about 1 / sqrt(1 + 4) = 0.45, a 200-cell cluster at about 0.99.
+    rng = np.random.default_rng(0)
+    types = rng.normal(size=(2, 500))
+    clusters = np.array([0] * 200 + [1] * 200 + [2])  # the last cell, of type 0, is a cluster of its own
+    cells = types[[0] * 200 + [1] * 200 + [0]] + rng.normal(scale=2.0, size=(401, 500))
+    sizes = np.bincount(clusters)
+    profiles = np.array([cells[clusters == c].mean(0) for c in range(3)])
+    within = ((cells - profiles[clusters]) ** 2).sum(0) / (len(cells) - 3)
+    raw = np.array([[np.corrcoef(p, t)[0, 1] for t in types] for p in profiles])
+    corrected = _noise_corrected(raw, profiles, within, sizes)
+    assert raw[2, 0] < 0.6 and corrected[2, 0] > 0.85  # the lone cell matches its type
+    assert abs(corrected[2, 1]) < 0.2  # and still not the other type
+    assert np.abs(corrected[:2] - raw[:2]).max() < 0.02  # large clusters barely change
+    assert corrected[0, 0] > 0.95 and abs(corrected[0, 1]) < 0.2
 
 
 def test_reported_probability_is_calibrated_on_a_held_out_donor(model, query):

@@ -116,6 +116,23 @@ def test_sparse_first_layer_equals_the_dense_one_on_a_panel_with_context_genes(m
     _sparse_equals_dense(model._encoder_for(prepared), model.centroids, prepared.data)
 
 
+def test_cluster_profiles_and_within_variance_match_the_scaled_rows(model, query):
+    # The passes sum the sparse offsets from a zero entry; the result must equal the dense scaled rows' figures.
+    data = prepare_query(query, genes=model.genes, gene_ids=model.gene_ids, organism=model.organism,
+                         recipe=model.recipe).data
+    out = fine_tune(model.encoder, model.centroids, data, tol=0.005, max_iter=2, epochs_per_iter=1, batch_size=256,
+                    lr=0.01, seed=0, progress=False)
+    rows = data.rows(slice(None)).double().numpy()
+    sizes = np.bincount(out.clusters, minlength=len(out.cluster_profiles))
+    means = np.zeros(out.cluster_profiles.shape)
+    np.add.at(means, out.clusters, rows)
+    means /= np.maximum(sizes, 1)[:, None]
+    filled = sizes > 0
+    np.testing.assert_allclose(out.cluster_profiles[filled], means[filled], atol=1e-4)
+    within = ((rows - means[out.clusters]) ** 2).sum(0) / (len(rows) - filled.sum())
+    np.testing.assert_allclose(out.within_variance, within, rtol=1e-4, atol=1e-6)
+
+
 def _sparse_equals_dense(encoder, centroids, data):
     """Fine-tuning with the sparse first layer gives the dense one's result, with any number of workers."""
     kw = dict(tol=0.005, max_iter=5, epochs_per_iter=1, batch_size=256, lr=0.01, seed=0, progress=False)
