@@ -226,14 +226,14 @@ class ItClust:
             Self-training stops when fewer than ``tol`` of labels change between iterations, or after
             ``max_iter`` iterations of ``epochs_per_iter`` epochs.
         min_confidence, min_similarity
-            A cluster is named after the reference type most of its cells started self-training with,
-            unless its mean expression correlates best (over every measured gene) with another type and
-            matches that type's at 0.5 or more over the 500 measured genes that differ most between types:
-            then it takes that type (``renamed``). It is novel ("Unassigned") when its starting majority's
-            share (ItClust's confidence) is below ``min_confidence`` (renamed clusters excepted), when its
-            similarity to its type over those 500 genes (corrected for the noise of a mean over few
-            cells) is below ``min_similarity``, or when another
-            reference type's expression correlates better over every measured gene.
+            A cluster is named after the reference type most of its cells started self-training with
+            (ties go to the tied type its expression matches best), unless its mean expression correlates
+            best (over every measured gene) with another type and matches that type's at 0.5 or more over
+            the 500 measured genes that differ most between types: then it takes that type (``renamed``).
+            It is novel ("Unassigned") when its starting majority's share (ItClust's confidence) is below
+            ``min_confidence`` (renamed clusters excepted), when its similarity to its type over those 500
+            genes (corrected for the noise of a mean over few cells) is below ``min_similarity``, or when
+            another reference type's expression correlates better over every measured gene.
         seed, device, progress
             Determinism, torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...), and the progress bar
             (default: only on a terminal).
