@@ -27,6 +27,11 @@ RENAME_SIMILARITY = 0.5
 # cluster). q itself is under-confident: on the benchmark's nine pairs (seeds 0-2; benchmarks/RESULTS.md) the
 # expected calibration error is 0.20-0.42 for q and 0.03-0.08 for q squared, with the labels unchanged.
 PROBABILITY_POWER = 2
+# The noise correction of a cluster's similarity (see _noise_corrected) divides it by the square root of its
+# profile's estimated reliability, taken as at least this: a profile estimated to be all noise would otherwise
+# turn any correlation into +-1 (the boost is at most sqrt(10), 3.2x). Clusters of 1-30 cells on the benchmark's
+# panels and the bundled example ranged 0.31-0.97; a lone cell whose noise is twice its type's spread, 0.2.
+MIN_RELIABILITY = 0.1
 
 
 @dataclass
@@ -283,7 +288,7 @@ def _noise_corrected(similarities: np.ndarray, profiles: np.ndarray, within_vari
     spread = profiles.var(1)
     noise = within_variance.mean() / np.maximum(sizes, 1)
     reliability = np.divide(spread - noise, spread, out=np.ones(len(spread)), where=spread > 0)
-    return np.clip(similarities / np.sqrt(np.clip(reliability, 1e-9, 1))[:, None], -1, 1)
+    return np.clip(similarities / np.sqrt(np.clip(reliability, MIN_RELIABILITY, 1))[:, None], -1, 1)
 
 
 def _correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:

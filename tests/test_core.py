@@ -156,6 +156,9 @@ def test_similarity_is_corrected_for_the_noise_of_a_small_clusters_mean():
     assert abs(corrected[2, 1]) < 0.2  # and still not the other type
     assert np.abs(corrected[:2] - raw[:2]).max() < 0.02  # large clusters barely change
     assert corrected[0, 0] > 0.95 and abs(corrected[0, 1]) < 0.2
+    # a profile flatter than the noise (reliability estimated at or below 0) is boosted at most sqrt(10) times
+    flat = _noise_corrected(np.array([[0.2, -0.1]]), profiles[2:] * 0.1, within, np.array([1]))
+    assert flat[0].tolist() == pytest.approx([0.2 * np.sqrt(10), -0.1 * np.sqrt(10)])
 
 
 def test_reported_probability_is_calibrated_on_a_held_out_donor(model, query):
