@@ -29,8 +29,8 @@ RENAME_SIMILARITY = 0.5
 PROBABILITY_POWER = 2
 # The noise correction of a cluster's similarity (see _noise_corrected) divides it by the square root of its
 # profile's estimated reliability, taken as at least this: a profile estimated to be all noise would otherwise
-# turn any correlation into +-1 (the boost is at most sqrt(10), 3.2x). Clusters of 1-30 cells on the benchmark's
-# panels and the bundled example ranged 0.31-0.97; a lone cell whose noise is twice its type's spread, 0.2.
+# turn any correlation into +-1 (the boost is at most sqrt(10), 3.2x). Clusters of 1-30 cells on seed 0's panels
+# and the bundled example ranged 0.31-0.97; a lone cell whose noise is twice its type's spread, 0.2.
 MIN_RELIABILITY = 0.1
 
 
