@@ -37,3 +37,15 @@ def small_reference(donors=("human1", "human2")):
     """A reference with default settings trained on two Baron human donors (trained once per test session)."""
     read("baron_human_pancreas")
     return _small_reference(tuple(donors))
+
+
+def fine_tuned(model, query, *, max_iter: int):
+    """``query`` prepared for ``model`` and fine-tuned (test settings): the outcome and the scaled rows, dense."""
+    from itclust_hub._query import prepare_query
+    from itclust_hub._transfer import fine_tune
+
+    data = prepare_query(query, genes=model.genes, gene_ids=model.gene_ids, organism=model.organism,
+                         recipe=model.recipe).data
+    outcome = fine_tune(model.encoder, model.centroids, data, tol=0.003, max_iter=max_iter, epochs_per_iter=1,
+                        batch_size=256, lr=0.01, seed=0, progress=False)
+    return outcome, data.rows(slice(None)).double().numpy()

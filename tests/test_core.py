@@ -15,10 +15,11 @@ from sklearn.metrics import accuracy_score
 import itclust_hub as ih
 from itclust_hub._errors import ItClustError
 from itclust_hub._preprocess import detect_input_type
-from itclust_hub._result import _noise_corrected, build_result, informative_genes
+from itclust_hub._query import prepare_query
+from itclust_hub._result import _correlations, _noise_corrected, build_result, informative_genes
 from itclust_hub._transfer import FineTuneOutcome, _starting_centroids
 
-from _data import read, small_reference
+from _data import fine_tuned, read, small_reference
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +162,26 @@ def test_similarity_is_corrected_for_the_noise_of_a_small_clusters_mean():
     assert flat[0].tolist() == pytest.approx([0.2 * np.sqrt(10), -0.1 * np.sqrt(10)])
 
 
+def test_single_cells_of_a_known_type_pass_the_level_check_once_corrected(model, query):
+    # Held-out human3: one cell of a large cluster correlates with its type far below the cluster's mean
+    # profile (alpha, beta ~0.27 against ~0.8), under the 0.3 novelty level. Corrected with the pooled
+    # within-cluster variance, the cells' median comes close to the cluster's and above that level.
+    out, rows = fine_tuned(model, query, max_iter=5)
+    types = model.type_profiles.numpy()
+    genes = informative_genes(types, np.ones(len(model.genes), bool))
+    sizes = np.bincount(out.clusters)
+    rng = np.random.default_rng(0)
+    large = np.flatnonzero(sizes >= 50)
+    assert len(large) >= 3
+    for c in large:
+        closest = _correlations(out.cluster_profiles[c : c + 1, genes], types[:, genes])[0]
+        cells = rows[rng.choice(np.flatnonzero(out.clusters == c), 20, replace=False)][:, genes]
+        raw = _correlations(cells, types[closest.argmax()][None, genes])
+        corrected = np.median(_noise_corrected(raw, cells, out.within_variance[genes], np.ones(20)))
+        assert corrected >= 0.3, (c, np.median(raw), corrected, closest.max())
+        assert abs(corrected - closest.max()) < abs(np.median(raw) - closest.max()), (c, np.median(raw), corrected)
+
+
 def test_reported_probability_is_calibrated_on_a_held_out_donor(model, query):
     result = model.transfer(query, progress=False)
     correct = (result.labels == query.obs["cell_type1"].astype(str)).to_numpy()
@@ -258,8 +279,6 @@ def test_wrong_tissue_gets_no_pancreatic_label(model):
 # --- gene alignment -------------------------------------------------------------------------------
 
 def _prepared(model, adata, **kw):
-    from itclust_hub._query import prepare_query
-
     return prepare_query(adata, genes=model.genes, gene_ids=model.gene_ids, organism=model.organism,
                          recipe=model.recipe, **kw)
 

@@ -17,7 +17,7 @@ from itclust_hub._errors import ItClustError
 from itclust_hub._query import prepare_query
 from itclust_hub._transfer import _intra_op_threads, fine_tune
 
-from _data import read
+from _data import fine_tuned, read
 
 N_QUERY = 6000  # more than one pass chunk (4096 cells)
 
@@ -118,11 +118,7 @@ def test_sparse_first_layer_equals_the_dense_one_on_a_panel_with_context_genes(m
 
 def test_cluster_profiles_and_within_variance_match_the_scaled_rows(model, query):
     # The passes sum the sparse offsets from a zero entry; the result must equal the dense scaled rows' figures.
-    data = prepare_query(query, genes=model.genes, gene_ids=model.gene_ids, organism=model.organism,
-                         recipe=model.recipe).data
-    out = fine_tune(model.encoder, model.centroids, data, tol=0.005, max_iter=2, epochs_per_iter=1, batch_size=256,
-                    lr=0.01, seed=0, progress=False)
-    rows = data.rows(slice(None)).double().numpy()
+    out, rows = fine_tuned(model, query, max_iter=2)
     sizes = np.bincount(out.clusters, minlength=len(out.cluster_profiles))
     means = np.zeros(out.cluster_profiles.shape)
     np.add.at(means, out.clusters, rows)
