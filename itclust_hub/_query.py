@@ -204,7 +204,7 @@ def prepare_query(
         for chunk in _chunks(X, n_obs, size):
             check_values(chunk)
             aligned = _align(chunk, columns, n_columns)
-            if depth_share:
+            if depth_share is not None:
                 totals = np.asarray(aligned.sum(axis=1)).ravel() / depth_share
             else:
                 totals = _row_sums(chunk, counted) if used != "lognorm" else None
