@@ -284,5 +284,5 @@ class ItClust:
                          "min_similarity": min_similarity, "seed": seed,
                          "max_cells_per_iter": max_cells_per_iter, "device": str(device)},
         }
-        return build_result(outcome, self.cell_types, self.type_profiles.numpy(), prepared.alignment.present,
-                            adata.obs_names, min_confidence, min_similarity, provenance)
+        return build_result(outcome, self.cell_types, self.type_profiles.numpy(), self.type_counts,
+                            prepared.alignment.present, adata.obs_names, min_confidence, min_similarity, provenance)

@@ -142,8 +142,9 @@ def summary_markdown(result, figures: list[str], truth: pd.Series | None = None,
                                     "share": counts["share"].map("{:.1%}".format)})), ""]
     lines += ["## Clusters", "",
               "Confidence is the share of a cluster's cells that started self-training with its type; similarity is "
-              "the correlation of its mean expression with its type's, over the genes that differ most between types "
-              "(corrected for the noise of a mean over few cells).", "",
+              "the correlation of its mean expression (each cell weighted by its probability of the cluster) with its "
+              "type's, over the genes that differ most between types (corrected for the noise of a mean over few "
+              "cells).", "",
               *_table(pd.DataFrame({"cluster": clusters.index, "nearest type": clusters["nearest_label"],
                                     "label": clusters["label"], "cells": clusters["size"],
                                     "confidence": clusters["confidence"].map("{:.2f}".format),

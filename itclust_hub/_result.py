@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ._errors import ItClustError
+from ._network import cell_probabilities
 
 UNASSIGNED = "Unassigned"
 TABLE_FILES = ("labels.csv", "probabilities.csv", "clusters.csv")
@@ -22,11 +23,6 @@ INFORMATIVE_GENES = 500  # genes a cluster's similarity to a reference type is m
 # >= 0.49 (14 saved runs); clusters of cells of a type the reference lacked matched their closest type at
 # 0.20-0.37 (seed 0 of every benchmark pair).
 RENAME_SIMILARITY = 0.5
-# A cell's reported probabilities are its soft assignment q to the clusters raised to this power and renormalised
-# (DEC's target distribution without its cluster-frequency term, which could change the cell's most likely
-# cluster). q itself is under-confident: on the benchmark's nine pairs (seeds 0-2; benchmarks/RESULTS.md) the
-# expected calibration error is 0.20-0.42 for q and 0.03-0.08 for q squared, with the labels unchanged.
-PROBABILITY_POWER = 2
 # The noise correction of a cluster's similarity (see _noise_corrected) divides it by the square root of its
 # profile's estimated reliability, taken as at least this: a profile estimated to be all noise would otherwise
 # turn any correlation into +-1 (the boost is at most sqrt(10), 3.2x). Clusters of 1-30 cells on seed 0's panels
@@ -45,7 +41,7 @@ class TransferResult:
         cluster is judged novel), ``nearest_label`` (the cluster's reference type),
         ``source_label`` (the source network's direct prediction, before fine-tuning), ``cluster``,
         ``probability`` (of its cluster: its soft assignment to the clusters, squared and renormalised; see
-        ``PROBABILITY_POWER``; it ranks the reference's clusters, ``novel`` says whether any fits),
+        ``_network.PROBABILITY_POWER``; it ranks the reference's clusters, ``novel`` says whether any fits),
         ``cluster_confidence`` and ``novel``.
     probabilities
         Cells x reference types: a type's probability is the sum over the clusters named by it (types that
@@ -53,10 +49,10 @@ class TransferResult:
     clusters
         One row a target cluster: ``label``, ``nearest_label``, ``size``, ``confidence`` (share of its cells
         that started self-training with its type: ItClust's share of labels kept), ``similarity``
-        (correlation of the cluster's mean expression with its type's over :func:`informative_genes`,
-        corrected for the noise of a mean over few cells),
+        (correlation of the cluster's mean expression, its cells weighted by their probability, with its
+        type's over :func:`informative_genes`, corrected for the noise of a mean over few cells),
         ``closest_type`` (the reference type whose mean expression correlates best over every measured
-        gene), ``renamed`` (its type is its closest type, not its cells' starting majority) and ``novel``.
+        gene, corrected for the noise of each type's profile), ``renamed`` (its type is its closest type, not its cells' starting majority) and ``novel``.
     embedding
         Cells x latent dimensions of the fine-tuned encoder.
     provenance
@@ -183,8 +179,8 @@ class atomic_path:
         return False
 
 
-def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, present: np.ndarray, obs_names,
-                 min_confidence: float, min_similarity: float, provenance: dict) -> TransferResult:
+def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, type_counts, present: np.ndarray,
+                 obs_names, min_confidence: float, min_similarity: float, provenance: dict) -> TransferResult:
     """Name each target cluster, score it and assemble the :class:`TransferResult`.
 
     A cluster is named after the reference type most of its cells started self-training with (rather than
@@ -201,9 +197,16 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
     its type. It is novel when its confidence is low (unless renamed: its cells started as another type by
     construction), when its expression's correlation with its type's over :func:`informative_genes`,
     corrected for the noise of a mean over few cells (:func:`_noise_corrected`), is low (the level), or when
-    its expression over every measured gene correlates better with another type's (the ranking: noise lowers
-    every type's alike, and the whole profile told ductal cells from acinar ones where the informative
-    genes, led by the acinar enzymes, did not).
+    its expression over every measured gene correlates better with another type's (the ranking: the whole
+    profile told ductal cells from acinar ones where the informative genes, led by the acinar enzymes, did
+    not). The ranking corrects each type's correlation for the noise of its own profile, a mean over its
+    ``type_counts`` training cells (:func:`_type_attenuation`): a profile over 2 training cells is attenuated
+    where one over 300 is not, and a lone T cell correlated better with the 5-cell mast profile than with
+    the 2-cell T one.
+
+    A cluster's profile is its cells' mean expression, each cell weighted by its probability of the cluster
+    (``outcome.cluster_profiles``): a cell that fits no cluster well (an acinar cell at probability 0.17 in a
+    2-cell cluster with a T cell at 0.67) does not decide what the cluster resembles.
     """
     names = np.asarray(cell_types, dtype=object)
     n_clusters = outcome.q.shape[1]
@@ -213,8 +216,11 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
     genes = informative_genes(type_profiles, present)
     profiles = outcome.cluster_profiles[:, : len(present)]  # any context genes' columns follow the reference's
     similarities = _correlations(profiles[:, genes], type_profiles[:, genes])
-    levels = _noise_corrected(similarities, profiles[:, genes], outcome.within_variance[genes], sizes)
-    correlations = _correlations(profiles[:, present], type_profiles[:, present])  # over every measured gene
+    levels = _noise_corrected(similarities, profiles[:, genes], outcome.within_variance[genes], outcome.effective_sizes)
+    measured = np.flatnonzero(present)
+    correlations = np.clip(  # over every measured gene
+        _correlations(profiles[:, measured], type_profiles[:, measured])
+        / _type_attenuation(type_profiles, type_counts, measured)[None, :], -1, 1)
     closest = correlations.argmax(1)
     rows = np.arange(n_clusters)
     # the type most of each cluster's cells started self-training with (votes are whole numbers, the added
@@ -239,8 +245,7 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
     clusters.index.name = "cluster"
     clusters = clusters[clusters["size"] > 0]
     c = outcome.clusters
-    per_cluster = outcome.q.astype(np.float64) ** PROBABILITY_POWER  # cells x clusters
-    per_cluster = (per_cluster / per_cluster.sum(1, keepdims=True)).astype(np.float32)
+    per_cluster = cell_probabilities(outcome.q.astype(np.float64)).astype(np.float32)  # cells x clusters
     obs = pd.DataFrame({
         "label": clusters["label"].reindex(c).to_numpy(),
         "nearest_label": cluster_names[c],
@@ -274,21 +279,37 @@ def informative_genes(type_profiles: np.ndarray, present: np.ndarray) -> np.ndar
     return np.sort(measured[np.argsort(spread, kind="stable")[::-1][:INFORMATIVE_GENES]])
 
 
+def _attenuation(profiles: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """The square root of each profile's reliability: the share of its variance over the genes (rows of
+    ``profiles``) that its estimated ``noise`` variance (one per profile) does not explain, taken as at least
+    ``MIN_RELIABILITY``. A correlation divided by it is corrected for that noise (Spearman's correction)."""
+    spread = profiles.var(1)
+    reliability = np.divide(spread - noise, spread, out=np.ones(len(spread)), where=spread > 0)
+    return np.sqrt(np.clip(reliability, MIN_RELIABILITY, 1))
+
+
 def _noise_corrected(similarities: np.ndarray, profiles: np.ndarray, within_variance: np.ndarray,
                      sizes: np.ndarray) -> np.ndarray:
     """``similarities`` (clusters x types), the correlations of the cluster mean ``profiles`` (clusters x
-    genes) with the types' profiles, corrected for the noise of a mean over few cells (Spearman's correction
-    for attenuation): each row is divided by the square root of its profile's reliability, the share of the
-    profile's variance over the genes that the cells' pooled ``within_variance`` (per gene) / size does not
-    explain.
+    genes) with the types' profiles, corrected for the noise of a mean over few cells: each row is divided by
+    the :func:`_attenuation` of its profile, whose noise is the cells' pooled ``within_variance`` (per gene,
+    averaged) / size.
 
     A lone cell's profile is mostly noise, so its correlation with its own type is low where a large
     cluster's would not be (human3's one T cell on a 25% panel: 0.26); large clusters change by 0.02 or less.
     """
-    spread = profiles.var(1)
     noise = within_variance.mean() / np.maximum(sizes, 1)
-    reliability = np.divide(spread - noise, spread, out=np.ones(len(spread)), where=spread > 0)
-    return np.clip(similarities / np.sqrt(np.clip(reliability, MIN_RELIABILITY, 1))[:, None], -1, 1)
+    return np.clip(similarities / _attenuation(profiles, noise)[:, None], -1, 1)
+
+
+def _type_attenuation(type_profiles: np.ndarray, type_counts, genes: np.ndarray) -> np.ndarray:
+    """:func:`_attenuation` of each reference type's profile over ``genes``, a mean over its ``type_counts``
+    training cells. The reference scaled every gene to unit variance over its training cells, so the variance
+    within types is what the types' means leave: 1 - sum over types of (share of cells x mean squared)."""
+    counts = np.asarray(type_counts, dtype=np.float64)
+    means = type_profiles[:, genes].astype(np.float64)
+    within = np.clip(1 - ((counts / counts.sum())[:, None] * means**2).sum(0), 0, None)
+    return _attenuation(means, within.mean() / np.maximum(counts, 1))
 
 
 def _correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:

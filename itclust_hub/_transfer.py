@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ._data import ScaledMatrix, torch_csr
-from ._network import Encoder, kl_loss, soft_assign, target_distribution
+from ._network import Encoder, cell_probabilities, kl_loss, soft_assign, target_distribution
 from ._progress import progress_bar
 
 CERTAINTY_POWER = 4  # weight of a cell in its type's starting centroid: source probability ** this
@@ -45,7 +45,8 @@ class FineTuneOutcome:
     clusters: np.ndarray  # final cluster of each cell
     q: np.ndarray  # cells x clusters soft assignment
     embedding: np.ndarray  # cells x latent
-    cluster_profiles: np.ndarray  # clusters x genes mean scaled expression
+    cluster_profiles: np.ndarray  # clusters x genes mean scaled expression, each cell weighted by its probability of the cluster
+    effective_sizes: np.ndarray  # clusters: the number of equally weighted cells whose mean is as noisy as that weighted mean
     within_variance: np.ndarray  # genes: variance of the scaled expression within clusters, pooled over them
     n_iter: int
     converged: bool
@@ -124,7 +125,8 @@ def _ordered_map(fn, items, workers: int):
 def _pass(encoder: Encoder, centroids: torch.Tensor, data: ScaledMatrix, *, sparse: bool, device,
           profiles: bool = True, squares: bool = False, workers: int = 1):
     """One ordered pass: embedding, soft assignment, with ``profiles`` the per-cluster sums of the scaled
-    expression's offsets from a zero entry (``delta``) and the cluster sizes as ``(sums, counts)``, and with
+    expression's offsets from a zero entry (``delta``) as ``(sums, sizes, weighted sums, weights, squared
+    weights)``, each cell weighted by its probability of its cluster (:func:`cell_probabilities`), and with
     ``squares`` each gene's sum of squared offsets over all cells (else None). Chunks are processed on
     ``workers`` threads; the result does not depend on their number."""
     k = len(centroids)
@@ -140,25 +142,31 @@ def _pass(encoder: Encoder, centroids: torch.Tensor, data: ScaledMatrix, *, spar
         sums = None
         if profiles:
             labels = q.argmax(1).numpy()
-            indicator = sp.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels)))
-            sums = ((indicator @ delta).toarray(), np.bincount(labels, minlength=k))
+            weights = cell_probabilities(q.double()).max(1).values.numpy()
+            cells = np.arange(len(labels))
+            # rows 0..k-1 add each cell to its cluster once, rows k..2k-1 weighted: one product for both sums
+            indicator = sp.csr_matrix((np.concatenate([np.ones(len(labels)), weights]),
+                                       (np.concatenate([labels, labels + k]), np.concatenate([cells, cells]))),
+                                      shape=(2 * k, len(labels)))
+            both = (indicator @ delta).toarray()
+            sums = (both[:k], np.bincount(labels, minlength=k), both[k:],
+                    np.bincount(labels, weights, minlength=k), np.bincount(labels, weights**2, minlength=k))
         squared = np.asarray(delta.power(2).sum(0), dtype=np.float64).ravel() if squares else None
         return z, q, sums, squared
 
     z_all = torch.empty(data.n_cells, encoder.layers[-1].out_features)
     q_all = torch.empty(data.n_cells, k)
-    sums, counts = np.zeros((k, data.n_genes)), np.zeros(k)
+    totals = (np.zeros((k, data.n_genes)), np.zeros(k), np.zeros((k, data.n_genes)), np.zeros(k), np.zeros(k))
     gene_squares = np.zeros(data.n_genes) if squares else None
     bounds = [(start, min(start + PASS_ROWS, data.n_cells)) for start in range(0, data.n_cells, PASS_ROWS)]
     for (start, stop), (z, q, part, squared) in zip(bounds, _ordered_map(chunk, bounds, workers)):
         z_all[start:stop] = z
         q_all[start:stop] = q
         if part is not None:
-            sums += part[0]
-            counts += part[1]
+            totals = tuple(total + more for total, more in zip(totals, part))
         if squared is not None:
             gene_squares += squared
-    return z_all, q_all, (sums, counts), gene_squares
+    return z_all, q_all, totals, gene_squares
 
 
 def _starting_centroids(z: torch.Tensor, q_source: torch.Tensor) -> torch.Tensor:
@@ -230,7 +238,6 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, 
     centroids = nn.Parameter(_starting_centroids(z, q_source)[torch.as_tensor(kept)].to(device))
     opt = _MomentumSGD([*encoder.parameters(), centroids], lr=lr, momentum=0.9)
     q = soft_assign(z, centroids.detach().cpu())
-    sums, counts = np.zeros((len(kept), data.n_genes)), np.zeros(len(kept))
     last = q.argmax(1).numpy()
     start_codes = kept[last]
     changed, converged, it = [], False, 0
@@ -248,7 +255,7 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, 
                     loss.backward()
                     opt.step()
             del view, p
-            z, q, (sums, counts), _ = _pass(encoder, centroids.detach(), data, **passing)
+            z, q, cluster_sums, _ = _pass(encoder, centroids.detach(), data, **passing)
             labels = q.argmax(1).numpy()
             changed.append(float(np.mean(labels != last)))
             last = labels
@@ -258,9 +265,14 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, 
                 converged = True
                 break
     clusters = q.argmax(1).numpy()
-    profiles = (sums + counts[:, None] * data.zero.numpy().astype(np.float64)) / np.maximum(counts, 1)[:, None]
+    sums, counts, weighted_sums, weights, squared_weights = cluster_sums
+    # a weighted mean of the offsets plus the zero entry is the weighted mean of the scaled expression
+    filled = weights[:, None] > 0
+    profiles = np.divide(weighted_sums + weights[:, None] * data.zero.numpy().astype(np.float64), weights[:, None],
+                         out=np.zeros_like(weighted_sums), where=filled)
+    effective_sizes = np.divide(weights**2, squared_weights, out=np.zeros_like(weights), where=squared_weights > 0)
     # within-cluster sum of squares = all cells' less each cluster's size x its squared mean (delta's = the expression's)
     within = squares - (sums**2 / np.maximum(counts, 1)[:, None]).sum(0)
     within_variance = np.maximum(within, 0) / max(n - np.count_nonzero(counts), 1)
     return FineTuneOutcome(source_codes, start_codes, clusters, q.numpy(), z.numpy(), profiles.astype(np.float32),
-                           within_variance, it, converged, changed)
+                           effective_sizes, within_variance, it, converged, changed)

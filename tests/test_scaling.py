@@ -14,6 +14,7 @@ import torch
 
 import itclust_hub as ih
 from itclust_hub._errors import ItClustError
+from itclust_hub._network import cell_probabilities
 from itclust_hub._query import prepare_query
 from itclust_hub._transfer import _intra_op_threads, fine_tune
 
@@ -117,15 +118,25 @@ def test_sparse_first_layer_equals_the_dense_one_on_a_panel_with_context_genes(m
 
 
 def test_cluster_profiles_and_within_variance_match_the_scaled_rows(model, query):
-    # The passes sum the sparse offsets from a zero entry; the result must equal the dense scaled rows' figures.
+    # The passes sum the sparse offsets from a zero entry; the result must equal the dense scaled rows' figures:
+    # profiles weighted by each cell's probability of its cluster (with the matching effective sizes), the
+    # variance within clusters around their plain means.
     out, rows = fine_tuned(model, query, max_iter=2)
-    sizes = np.bincount(out.clusters, minlength=len(out.cluster_profiles))
-    means = np.zeros(out.cluster_profiles.shape)
-    np.add.at(means, out.clusters, rows)
-    means /= np.maximum(sizes, 1)[:, None]
-    filled = sizes > 0
-    np.testing.assert_allclose(out.cluster_profiles[filled], means[filled], atol=1e-4)
-    within = ((rows - means[out.clusters]) ** 2).sum(0) / (len(rows) - filled.sum())
+    k = len(out.cluster_profiles)
+    weights = cell_probabilities(out.q.astype(np.float64)).max(1)
+
+    def means(weight):
+        sums = np.zeros(out.cluster_profiles.shape)
+        np.add.at(sums, out.clusters, rows * weight[:, None])
+        return sums / np.maximum(np.bincount(out.clusters, weight, minlength=k), 1e-12)[:, None]
+
+    filled = np.bincount(out.clusters, minlength=k) > 0
+    weighted, plain = means(weights), means(np.ones(len(rows)))
+    np.testing.assert_allclose(out.cluster_profiles[filled], weighted[filled], atol=1e-4)
+    assert np.abs(weighted - plain)[filled].max() > 1e-2  # the weights matter
+    effective = np.bincount(out.clusters, weights, k) ** 2 / np.bincount(out.clusters, weights**2, k)
+    np.testing.assert_allclose(out.effective_sizes[filled], effective[filled], rtol=1e-5)
+    within = ((rows - plain[out.clusters]) ** 2).sum(0) / (len(rows) - filled.sum())
     np.testing.assert_allclose(out.within_variance, within, rtol=1e-4, atol=1e-6)
 
 
