@@ -52,7 +52,8 @@ class TransferResult:
         (correlation of the cluster's mean expression, its cells weighted by their probability, with its
         type's over :func:`informative_genes`, corrected for the noise of a mean over few cells),
         ``closest_type`` (the reference type whose mean expression correlates best over every measured
-        gene, corrected for the noise of each type's profile), ``renamed`` (its type is its closest type, not its cells' starting majority) and ``novel``.
+        gene, corrected for the noise of each type's profile), ``renamed`` (its type is its closest type,
+        not its cells' starting majority) and ``novel``.
     embedding
         Cells x latent dimensions of the fine-tuned encoder.
     provenance
@@ -293,7 +294,7 @@ def _noise_corrected(similarities: np.ndarray, profiles: np.ndarray, within_vari
     """``similarities`` (clusters x types), the correlations of the cluster mean ``profiles`` (clusters x
     genes) with the types' profiles, corrected for the noise of a mean over few cells: each row is divided by
     the :func:`_attenuation` of its profile, whose noise is the cells' pooled ``within_variance`` (per gene,
-    averaged) / size.
+    averaged) / its size (the effective size of a weighted mean).
 
     A lone cell's profile is mostly noise, so its correlation with its own type is low where a large
     cluster's would not be (human3's one T cell on a 25% panel: 0.26); large clusters change by 0.02 or less.

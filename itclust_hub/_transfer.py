@@ -45,8 +45,8 @@ class FineTuneOutcome:
     clusters: np.ndarray  # final cluster of each cell
     q: np.ndarray  # cells x clusters soft assignment
     embedding: np.ndarray  # cells x latent
-    cluster_profiles: np.ndarray  # clusters x genes mean scaled expression, each cell weighted by its probability of the cluster
-    effective_sizes: np.ndarray  # clusters: the number of equally weighted cells whose mean is as noisy as that weighted mean
+    cluster_profiles: np.ndarray  # clusters x genes mean scaled expression, cells weighted by their probability
+    effective_sizes: np.ndarray  # clusters: (sum of those weights)^2 / sum of their squares, the mean's noise-wise size
     within_variance: np.ndarray  # genes: variance of the scaled expression within clusters, pooled over them
     n_iter: int
     converged: bool

@@ -110,7 +110,8 @@ def test_clusters_named_by_their_cells_starting_types():
         cluster_profiles=np.array([[0, 1, 0, 0], [1, 0, 0, 0], [2, 3, 0, 0], [1, 1.05, 0.8, 0]], dtype=float),
         effective_sizes=np.array([3.0, 2, 2, 2]), within_variance=np.zeros(4), n_iter=1, converged=True, changed=[0.0])
     profiles = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0]], dtype=float)
-    res = build_result(outcome, ["a", "b", "c"], profiles, [1000] * 3, np.ones(4, bool), list("rstuvwxyz"), 0.6, 0.3, {})
+    res = build_result(outcome, ["a", "b", "c"], profiles, [1000] * 3, np.ones(4, bool), list("rstuvwxyz"), 0.6, 0.3,
+                       {})
     # a tie goes to the tied type whose expression correlates best with the cluster's (cluster 1: a)
     assert list(res.obs["nearest_label"]) == ["c", "c", "c", "a", "a", "c", "c", "a", "a"]
     assert list(res.obs["source_label"]) == ["a", "a", "c", "c", "a", "a", "a", "a", "a"]
