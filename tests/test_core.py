@@ -213,6 +213,27 @@ def test_single_cells_of_a_known_type_pass_the_level_check_once_corrected(model,
         assert abs(corrected - closest.max()) < abs(np.median(raw) - closest.max()), (c, np.median(raw), corrected)
 
 
+def test_weighting_cells_by_membership_brings_small_clusters_closer_to_their_type(model, query):
+    # Held-out human3: a cluster's profile weights each cell by its probability of the cluster. Against the
+    # plain mean, every cluster of fewer than 25 cells correlates better with the reference type most of its
+    # cells truly are (the 3-cell T-cell cluster 0.25 -> 0.27, the 12-cell gamma one 0.44 -> 0.47), and no
+    # cluster loses more than rounding.
+    out, rows = fine_tuned(model, query, max_iter=5)
+    types = model.type_profiles.numpy()
+    truth = query.obs["cell_type1"].astype(str).to_numpy()
+    gains = {}
+    for c in np.unique(out.clusters):
+        members = out.clusters == c
+        values, counts = np.unique(truth[members], return_counts=True)
+        own = types[model.cell_types.index(values[counts.argmax()])][None, :]
+        weighted = _correlations(out.cluster_profiles[c : c + 1], own)[0, 0]
+        plain = _correlations(rows[members].mean(0)[None, :], own)[0, 0]
+        gains[c] = (int(members.sum()), weighted - plain)
+    small = [gain for size, gain in gains.values() if size < 25]
+    assert len(small) >= 4 and min(small) > 0 and sum(small) > 0.03, gains
+    assert min(gain for _, gain in gains.values()) > -0.005, gains
+
+
 def test_reported_probability_is_calibrated_on_a_held_out_donor(model, query):
     result = model.transfer(query, progress=False)
     correct = (result.labels == query.obs["cell_type1"].astype(str)).to_numpy()
