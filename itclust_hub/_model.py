@@ -233,7 +233,9 @@ class ItClust:
             It is novel ("Unassigned") when its starting majority's share (ItClust's confidence) is below
             ``min_confidence`` (renamed clusters excepted), when its similarity to its type over those 500
             genes (corrected for the noise of a mean over few cells) is below ``min_similarity``, or when
-            another reference type's expression correlates better over every measured gene.
+            another reference type's expression correlates better over every measured gene (each type's
+            correlation corrected for the noise of its profile, a mean over its training cells). A cluster's
+            expression weights its cells by their probability of the cluster.
         seed, device, progress
             Determinism, torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...), and the progress bar
             (default: only on a terminal).
