@@ -33,6 +33,12 @@ def query():
     return human[human.obs["donor"] == "human3"].copy()
 
 
+@pytest.fixture(scope="module")
+def fine_tuned_query(model, query):
+    """Held-out human3 fine-tuned on the test reference (5 iterations): the outcome and its dense scaled rows."""
+    return fine_tuned(model, query, max_iter=5)
+
+
 def _snapshot(adata):
     return adata.X.copy(), adata.obs.copy(), adata.var.copy(), dict(adata.uns), list(adata.obsm)
 
@@ -193,11 +199,11 @@ def test_the_ranking_corrects_each_types_correlation_for_the_noise_of_its_profil
     assert closest([300, 300, 300]) == "m"  # as if t's profile were a mean over 300 cells: uncorrected
 
 
-def test_single_cells_of_a_known_type_pass_the_level_check_once_corrected(model, query):
+def test_single_cells_of_a_known_type_pass_the_level_check_once_corrected(model, fine_tuned_query):
     # Held-out human3: one cell of a large cluster correlates with its type far below the cluster's mean
     # profile (alpha, beta ~0.27 against ~0.8), under the 0.3 novelty level. Corrected with the pooled
     # within-cluster variance, the cells' median comes close to the cluster's and above that level.
-    out, rows = fine_tuned(model, query, max_iter=5)
+    out, rows = fine_tuned_query
     types = model.type_profiles.numpy()
     genes = informative_genes(types, np.ones(len(model.genes), bool))
     sizes = np.bincount(out.clusters)
@@ -213,12 +219,12 @@ def test_single_cells_of_a_known_type_pass_the_level_check_once_corrected(model,
         assert abs(corrected - closest.max()) < abs(np.median(raw) - closest.max()), (c, np.median(raw), corrected)
 
 
-def test_weighting_cells_by_membership_brings_small_clusters_closer_to_their_type(model, query):
+def test_weighting_cells_by_membership_brings_small_clusters_closer_to_their_type(model, query, fine_tuned_query):
     # Held-out human3: a cluster's profile weights each cell by its probability of the cluster. Against the
     # plain mean, every cluster of fewer than 25 cells correlates better with the reference type most of its
     # cells truly are (the 3-cell T-cell cluster 0.25 -> 0.27, the 12-cell gamma one 0.44 -> 0.47), and no
     # cluster loses more than rounding.
-    out, rows = fine_tuned(model, query, max_iter=5)
+    out, rows = fine_tuned_query
     types = model.type_profiles.numpy()
     truth = query.obs["cell_type1"].astype(str).to_numpy()
     gains = {}
