@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from ._errors import ItClustError
+from ._errors import ItClustError, ItClustWarning
 from ._io import read_query
 from ._model import ItClust
 from ._preprocess import Recipe
@@ -16,4 +16,4 @@ from ._registry import list_references
 from ._result import TransferResult
 from ._train import train_reference
 
-__all__ = ["ItClust", "ItClustError", "Recipe", "TransferResult", "list_references", "read_query", "train_reference", "__version__"]
+__all__ = ["ItClust", "ItClustError", "ItClustWarning", "Recipe", "TransferResult", "list_references", "read_query", "train_reference", "__version__"]

@@ -181,7 +181,20 @@ class ScaledMatrix:
 
         Its scaled rows are identical to those of this matrix; only where they are read from differs.
         """
-        X = self.X.take(rows) if self.on_disk else self.X[rows]
+        return self._with_rows(self.X.take(rows) if self.on_disk else self.X[rows], rows)
+
+    def stored_rows(self) -> "ScaledMatrix":
+        """The rows that store at least one entry, in order, sharing this matrix's storage (a spilled one's
+        files too, which this matrix still owns): a row without entries drops out of ``indptr`` alone."""
+        indptr = np.asarray(self.X.indptr)
+        kept = np.flatnonzero(np.diff(indptr) > 0)
+        shared = np.concatenate([indptr[:1], indptr[kept + 1]])
+        X = (DiskCSR(self.X.folder, shared, self.n_genes, owner=False) if self.on_disk
+             else sp.csr_matrix((self.X.data, self.X.indices, shared), shape=(len(kept), self.n_genes)))
+        return self._with_rows(X, kept)
+
+    def _with_rows(self, X, rows: np.ndarray) -> "ScaledMatrix":
+        """A matrix of this one's statistics over ``X``, this matrix's rows ``rows``."""
         out = ScaledMatrix.__new__(ScaledMatrix)
         out.__dict__.update(self.__dict__)
         out.X, out.n_cells = X, X.shape[0]

@@ -62,7 +62,7 @@ def _arguments(argv) -> argparse.Namespace:
     parser.add_argument("--label-key", required=True, help="obs column with the cell-type labels")
     parser.add_argument("--name", required=True, help="reference name")
     parser.add_argument("-o", "--output", required=True, help="reference folder to write (by the first process)")
-    parser.add_argument("--organism", default="human")
+    parser.add_argument("--organism", help="organism of the atlas (default: detected from the gene names)")
     parser.add_argument("--tissue", default="unknown")
     parser.add_argument("--small-types", choices=["error", "drop"], default="error")
     parser.add_argument("--min-cells-per-type", type=int, default=2)

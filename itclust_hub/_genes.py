@@ -2,7 +2,8 @@
 
 Genes are matched case-insensitively by symbol or by Ensembl ID (version suffix ignored), taken from
 ``var_names`` or a ``var`` column; the alignment is a sparse 0/1 matrix so the query is never densified.
-Cross-species queries are first renamed through a one-to-one ortholog table.
+Cross-species queries are first renamed through a one-to-one ortholog table; the organism of a query or
+an atlas is read from how its gene names are written when nobody says (:func:`choose_organism`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,19 @@ import scipy.sparse as sp
 from ._errors import ItClustError
 
 _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}")
+# The organisms whose genes the bundled ortholog table maps, with the spellings taken for each (compared
+# lower-case, with runs of spaces, '_' and '.' read as one space; NCBI taxonomy ids also as "taxid:9606").
+ORGANISMS = {
+    "human": ("human", "homo sapiens", "h sapiens", "hsapiens", "hs", "hsa", "9606"),
+    "mouse": ("mouse", "mus musculus", "m musculus", "mmusculus", "mm", "mmu", "10090"),
+}
+_ALIASES = {alias: name for name, aliases in ORGANISMS.items() for alias in aliases}
+# How each organism writes gene names: Ensembl gene ids' prefix, and symbols in capitals (GCG) or with only
+# the first letter capital (Gcg).
+_ENSEMBL_PREFIX = {"human": r"^ENSG\d", "mouse": r"^ENSMUSG\d"}
+_SYMBOL_EXAMPLE = {"human": "GCG", "mouse": "Gcg"}
+DETECT_MIN_NAMES = 20  # distinct recognisable gene names needed to name a query's organism
+DETECT_MIN_SHARE = 0.9  # share of them written as one organism's
 
 
 def normalize_ids(names) -> np.ndarray:
@@ -30,6 +44,113 @@ def looks_like_ensembl(names) -> bool:
     """True when most names are Ensembl gene IDs."""
     names = pd.Index(names).astype(str)
     return len(names) > 0 and names.str.upper().str.match(_ENSEMBL).mean() > 0.5
+
+
+def normalize_organism(name, *, what: str = "organism", also=(), strict: bool = True) -> str:
+    """The canonical name (``"human"``, ``"mouse"``) of an organism spelled any usual way: ``Homo sapiens``,
+    ``mm``, ``10090``, ``taxid:9606``, ... (case-insensitive).
+
+    ``also`` names more organisms (the columns of a user's ortholog table), kept lower-case. A name that is
+    none of these is refused in one line naming ``what`` (the argument or option that gave it), unless not
+    ``strict``: then it comes back lower-case (an organism recorded by someone else's reference).
+    """
+    key = re.sub(r"[\s_.]+", " ", str(name).strip().lower())
+    key = re.sub(r"^(ncbi ?taxon|taxid|txid|taxon) ?:? ?(\d+)$", r"\2", key)
+    if key in _ALIASES:
+        return _ALIASES[key]
+    extra = [str(o).lower() for o in also]
+    if key in extra or not strict:
+        return key
+    known = " or ".join(f"{o} ({aliases[1].capitalize()}, {aliases[4]}, {aliases[-1]})" for o, aliases in ORGANISMS.items())
+    more = f"; or a column of the ortholog table ({', '.join(extra)})" if extra else (
+        "; other organisms need orthologs= a table with a column per organism")
+    raise ItClustError(f"{what} {name!r} is not an organism whose genes can be mapped; use {known}{more}")
+
+
+@dataclass
+class OrganismChoice:
+    """Which organism a query's (or an atlas's) genes were taken to be of, and why."""
+
+    organism: str
+    how: str  # "given" (by the caller), "detected" (from its gene names) or "assumed" (the fallback)
+    fallback: str  # the organism taken when the names cannot tell (a reference's)
+    counts: dict[str, int]  # distinct gene names written as each organism writes them
+    detected: str | None  # what the gene names say on their own (None: unclear)
+
+    @property
+    def evidence(self) -> str:
+        """What the gene names say, e.g. "14,028 of 14,143 recognisable gene names written as mouse's (Gcg),
+        115 as human's (GCG)"."""
+        (top, n_top), *others = sorted(self.counts.items(), key=lambda item: -item[1])
+        rest = "".join(f", {n:,} as {o}'s ({_SYMBOL_EXAMPLE[o]})" for o, n in others)
+        return (f"{n_top:,} of {sum(self.counts.values()):,} recognisable gene names written as {top}'s "
+                f"({_SYMBOL_EXAMPLE[top]}){rest}")
+
+    @property
+    def doubtful(self) -> bool:
+        """The gene names speak against the organism taken: they say another one (a given organism), or
+        too few of them are written as its (a fallback)."""
+        if self.how == "given":
+            return self.detected not in (None, self.organism)
+        total = sum(self.counts.values())
+        return (self.how == "assumed" and self.organism in ORGANISMS and total > 0
+                and self.counts[self.organism] < DETECT_MIN_SHARE * total)
+
+    def summary(self) -> dict:
+        """Plain-JSON description for provenance."""
+        return {"organism": self.organism, "how": self.how, "evidence": self.evidence}
+
+    def message(self, what: str, detected_means: str, fallback_is: str) -> str | None:
+        """One sentence when the organism was detected as another than the fallback, or is doubtful (else
+        None). ``what`` names the setting that overrides it; ``detected_means`` says what a detection did
+        (e.g. "its genes were mapped to human's through one-to-one orthologs"), ``fallback_is`` what the
+        fallback is (e.g. "the reference's")."""
+        if self.how == "detected" and self.organism != self.fallback:
+            return f"{what} not set: the gene names are {self.organism}'s ({self.evidence}); {detected_means}; set {what} to override"
+        if self.doubtful and self.how == "given":
+            return f"{what} is {self.organism} but the gene names look {self.detected}'s ({self.evidence})"
+        if self.doubtful:
+            return (f"could not tell the organism from the gene names ({self.evidence}); took {self.organism}, "
+                    f"{fallback_is}; set {what} if that is wrong")
+        return None
+
+
+def _organism_evidence(names) -> dict[str, int]:
+    """Distinct names written as each organism writes them (Ensembl prefix or symbol case)."""
+    names = pd.Index(pd.unique(pd.Index(names).astype(str).str.strip()))
+    symbol = ((names.str.count(r"[A-Za-z]") >= 2) & names.str.match(r"^[A-Za-z][A-Za-z0-9.\-]*$")
+              & ~names.str.upper().str.match(_ENSEMBL)
+              & ~names.str.contains(r"\dorf\d"))  # human C1orf112 is written like a mouse symbol
+    first, rest = names.str[:1], names.str[1:]
+    counts = {}
+    for organism, example in _SYMBOL_EXAMPLE.items():
+        written = (names == names.str.upper()) if example.isupper() else (first == first.str.upper()) & (rest == rest.str.lower())
+        counts[organism] = int((symbol & written | names.str.match(_ENSEMBL_PREFIX[organism])).sum())
+    return counts
+
+
+def choose_organism(given, fallback: str, var: pd.DataFrame, var_names, *, gene_key: str | None = None,
+                    what: str = "organism", also=()) -> OrganismChoice:
+    """The organism of a query or atlas: ``given`` (normalised by :func:`normalize_organism`) when not None,
+    else the one its gene names are written as (mouse symbols ``Gcg``, human ``GCG``; Ensembl ``ENSMUSG`` /
+    ``ENSG``) when at least ``DETECT_MIN_NAMES`` distinct names are recognisable and ``DETECT_MIN_SHARE`` of
+    them agree, else ``fallback`` (also when ``fallback`` is an organism the names cannot tell). The names
+    are those of ``gene_key``, or of the column among ``var_names`` and the text ``var`` columns with the
+    most recognisable ones.
+    """
+    organism = None if given is None else normalize_organism(given, what=what, also=also)
+    counts = {o: 0 for o in ORGANISMS}
+    for _, names in _candidates(var, var_names, gene_key):
+        found = _organism_evidence(names)
+        if sum(found.values()) > sum(counts.values()):
+            counts = found
+    total, top = sum(counts.values()), max(counts, key=counts.get)
+    detected = top if total >= DETECT_MIN_NAMES and counts[top] >= DETECT_MIN_SHARE * total else None
+    if organism is not None:
+        return OrganismChoice(organism, "given", fallback, counts, detected)
+    if detected is not None and fallback in ORGANISMS:
+        return OrganismChoice(detected, "detected", fallback, counts, detected)
+    return OrganismChoice(fallback, "assumed", fallback, counts, detected)
 
 
 @dataclass

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import platform
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 
@@ -11,13 +12,13 @@ import torch
 
 from ._artifact import CONTEXT_TENSORS, read_reference, write_reference
 from ._card import render_card
-from ._errors import ItClustError
+from ._errors import ItClustError, ItClustWarning
 from ._format import FORMAT_VERSION
 from ._impute import impute_missing
 from ._network import Encoder
 from ._preprocess import Recipe
 from ._query import prepare_query
-from ._result import TransferResult, build_result
+from ._result import UNASSIGNED, TransferResult, build_result
 from ._transfer import fine_tune
 
 
@@ -198,6 +199,10 @@ class ItClust:
     ) -> TransferResult:
         """Annotate ``adata`` by ItClust's target-side iterative fine-tuning; ``adata`` is not modified.
 
+        Cells with no expression in any query gene the reference reads are left out of fine-tuning and
+        labelled ``"Unassigned"`` with ``result.obs["empty"]`` True (an :class:`ItClustWarning` and
+        ``result.provenance["empty_cells"]`` count them); a query of only such cells is refused.
+
         Parameters
         ----------
         adata
@@ -211,8 +216,12 @@ class ItClust:
             ``"auto"`` (detect), ``"counts"``, ``"lognorm"`` or ``"tpm"``; what was assumed is in
             ``result.provenance``.
         query_organism, orthologs
-            Organism of the query when it differs from the reference's; genes are mapped through the
-            bundled one-to-one human/mouse table or ``orthologs`` (DataFrame or CSV, a column per organism).
+            Organism of the query, any usual spelling (``"mouse"``, ``"Mus musculus"``, ``"mm"``, ``10090``);
+            default: the organism its gene names are written as (mouse ``Gcg``, human ``GCG``; Ensembl
+            ``ENSMUSG`` / ``ENSG``), the reference's when they cannot tell (an :class:`ItClustWarning` says
+            when it was detected as another or is doubtful; ``result.provenance["organism_choice"]`` says
+            how). A query of another organism is mapped through the bundled one-to-one human/mouse table or
+            ``orthologs`` (DataFrame or CSV, a column per organism).
         min_overlap
             Least share of reference genes the query must measure.
         scale
@@ -269,17 +278,34 @@ class ItClust:
             memory_budget=ALIGNED_BUDGET_BYTES if memory_budget is None else int(memory_budget), spill_dir=spill_dir,
         )
         try:
+            n_empty = int(prepared.empty.sum())
+            n_read = prepared.alignment.n_overlap + (0 if prepared.context_present is None else
+                                                     int(prepared.context_present.sum()))
+            if n_empty == adata.n_obs:
+                raise ItClustError(
+                    f"none of the {adata.n_obs:,} cells has expression in any of the {n_read:,} query genes the "
+                    "reference reads; check that the values are the expression (X, or the layer or raw you chose) "
+                    "and that the gene names match (gene_key=, query_organism=)")
             encoder = self._encoder_for(prepared)
             outcome = fine_tune(
-                encoder, self.centroids, prepared.data, tol=tol, max_iter=max_iter,
-                epochs_per_iter=epochs_per_iter, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-                max_cells_per_iter=max_cells_per_iter, device=device,
+                encoder, self.centroids, prepared.data.stored_rows() if n_empty else prepared.data, tol=tol,
+                max_iter=max_iter, epochs_per_iter=epochs_per_iter, batch_size=batch_size, lr=lr, seed=seed,
+                progress=progress, max_cells_per_iter=max_cells_per_iter, device=device,
             )
         finally:
             prepared.data.close()
+        notes = [prepared.organism.message(
+            "query_organism", f"its genes were mapped to {self.organism}'s through one-to-one orthologs",
+            "the reference's")]
+        if n_empty:
+            notes.append(f"{n_empty:,} of {adata.n_obs:,} cells have no expression in any of the {n_read:,} query genes "
+                         f"the reference reads: labelled {UNASSIGNED} (obs column 'empty'), left out of fine-tuning")
+        notes = [note for note in notes if note]
+        for note in notes:
+            warnings.warn(note, ItClustWarning, stacklevel=2)
         provenance = {
             "reference": self.name, "reference_version": self.config["version"], **self.source,
-            "query_organism": query_organism or self.organism, **prepared.summary(),
+            **prepared.summary(), "warnings": notes,
             "n_iter": outcome.n_iter, "converged": outcome.converged, "changed": outcome.changed,
             "settings": {"tol": tol, "max_iter": max_iter, "epochs_per_iter": epochs_per_iter,
                          "batch_size": batch_size, "lr": lr, "min_confidence": min_confidence,
@@ -287,4 +313,5 @@ class ItClust:
                          "max_cells_per_iter": max_cells_per_iter, "device": str(device)},
         }
         return build_result(outcome, self.cell_types, self.type_profiles.numpy(), self.type_counts,
-                            prepared.alignment.present, adata.obs_names, min_confidence, min_similarity, provenance)
+                            prepared.alignment.present, adata.obs_names, min_confidence, min_similarity, provenance,
+                            prepared.empty)

@@ -11,7 +11,8 @@ import scipy.sparse as sp
 
 from ._data import DENSE_BUDGET_BYTES, CSRBuilder, ScaledMatrix
 from ._errors import ItClustError
-from ._genes import GeneAlignment, align_genes, ortholog_map
+from ._genes import (GeneAlignment, OrganismChoice, align_genes, choose_organism, load_orthologs, normalize_organism,
+                     ortholog_map)
 from ._preprocess import Recipe, as_csr, check_values, lognormalize, resolve_input_type
 
 CHUNK_BYTES = 128 * 2**20  # raw nonzeros read at a time (float32 value + int32 index each)
@@ -103,17 +104,20 @@ class PreparedQuery:
 
     data: ScaledMatrix
     alignment: GeneAlignment
+    organism: OrganismChoice  # the query's, and how it was found
     input_type: str
     input_type_detected: str
     scale: str
+    empty: np.ndarray  # cells with no expression over the columns read (reference genes, context genes)
     context_present: np.ndarray | None = None  # context genes the query measures (columns after the reference's)
     depth_share: float | None = None  # share of a reference cell's expression a panel's genes hold (None: not a panel)
 
     def summary(self) -> dict:
         context = 0 if self.context_present is None else int(self.context_present.sum())
-        return {"input_type": self.input_type, "input_type_detected": self.input_type_detected,
+        return {"query_organism": self.organism.organism, "organism_choice": self.organism.summary(),
+                "input_type": self.input_type, "input_type_detected": self.input_type_detected,
                 "scale": self.scale, "genes": self.alignment.summary(), "context_genes": context,
-                "depth_share": self.depth_share}
+                "depth_share": self.depth_share, "empty_cells": int(self.empty.sum())}
 
 
 def prepare_query(
@@ -153,16 +157,21 @@ def prepare_query(
     cells (counts or TPM) are normalised by their depth over the reference and context genes they measure,
     divided by the share of a reference cell's expression those genes hold (summed from ``shares``, each
     reference and context gene's mean share): an estimate of the depth over all of them, which the
-    reference's cells were normalised by. Call
+    reference's cells were normalised by. ``query_organism`` (any spelling :func:`~itclust_hub._genes.normalize_organism`
+    takes) names the query's organism; without it the organism its gene names are written as is taken
+    (:func:`~itclust_hub._genes.choose_organism`), the reference's when they cannot tell; genes of another
+    organism are renamed through the ortholog table. ``prepared.empty`` marks the cells with no expression
+    over the columns read; the query's own statistics leave them out. Call
     ``prepared.data.close()`` when done (the files are also removed when the object is garbage collected).
     """
     check_anndata(adata)
     X, var, var_names = _matrix(adata, layer, use_raw)
     if scale not in SCALES:
         raise ItClustError(f"scale must be one of {SCALES}, not {scale!r}")
-    rename = None
-    if query_organism is not None and query_organism != organism:
-        rename = ortholog_map(query_organism, organism, orthologs)
+    organism = normalize_organism(organism, strict=False)
+    choice = choose_organism(query_organism, organism, var, var_names, gene_key=gene_key, what="query_organism",
+                             also=() if orthologs is None else load_orthologs(orthologs).columns)
+    rename = None if choice.organism == organism else ortholog_map(choice.organism, organism, orthologs)
     upper = var_names.astype(str).str.upper()
     counted = ~np.any([upper.str.startswith(p.upper()) for p in recipe.drop_gene_prefixes], axis=0)
     n_obs = adata.n_obs
@@ -218,8 +227,9 @@ def prepare_query(
     except BaseException:
         builder.discard()
         raise
-    if scale == "own":
-        mean, std = _mean_std(sums, squares, n_obs)
+    empty = np.diff(X_aligned.indptr) == 0  # as ScaledMatrix.stored_rows leaves them out
+    if scale == "own":  # over the cells that express any of the columns
+        mean, std = _mean_std(sums, squares, n_obs - int(empty.sum()))
     else:
         present = alignment.present
         mean = np.where(present, reference_stats[0], 0).astype(np.float32)
@@ -229,7 +239,7 @@ def prepare_query(
             mean = np.concatenate([mean, context[2][0][measured]]).astype(np.float32)
             std = np.concatenate([std, context[2][1][measured]]).astype(np.float32)
     data = ScaledMatrix(X_aligned, mean, std, recipe.max_value, dense_budget=min(DENSE_BUDGET_BYTES, memory_budget))
-    return PreparedQuery(data, alignment, used, detected, scale,
+    return PreparedQuery(data, alignment, choice, used, detected, scale, empty,
                          None if context_alignment is None else context_alignment.present, depth_share)
 
 

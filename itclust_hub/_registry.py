@@ -23,6 +23,7 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, Reposit
 
 from ._artifact import REFERENCE_FILES
 from ._errors import ItClustError
+from ._genes import normalize_organism
 
 INDEX_REPO_ID = "itclust-hub/index"
 INDEX_REPO_TYPE = "dataset"
@@ -254,7 +255,7 @@ def list_references(organism: str | None = None, tissue: str | None = None, name
     """Table of available references, one row each.
 
     Args:
-        organism: keep rows of this organism (case-insensitive), e.g. "human".
+        organism: keep rows of this organism, any usual spelling (``"human"``, ``"Homo sapiens"``, ``"hs"``, 9606).
         tissue: keep rows of this tissue (case-insensitive), e.g. "pancreas".
         name: keep names matching this fnmatch wildcard, e.g. "pancreas-*".
         refresh: fetch the newest index from the Hub first (kept in the cache for later calls).
@@ -272,8 +273,9 @@ def list_references(organism: str | None = None, tissue: str | None = None, name
     columns = ["name", "organism", "tissue", "n_cells", "n_cell_types", "n_genes", "version", "license",
                "repo_id", "revision", "bundled", "cached", "source", "description"]
     rows = []
+    wanted = None if organism is None else normalize_organism(organism, strict=False)
     for entry, source in entries:
-        if organism and (entry.organism or "").lower() != organism.lower():
+        if wanted and normalize_organism(entry.organism or "", strict=False) != wanted:
             continue
         if tissue and (entry.tissue or "").lower() != tissue.lower():
             continue

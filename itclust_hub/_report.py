@@ -60,6 +60,17 @@ def gene_overlap_text(provenance: dict) -> str:
     return text
 
 
+def organism_text(provenance: dict) -> str:
+    """The query's organism and how it was known (given, detected from its gene names, or assumed)."""
+    choice = provenance.get("organism_choice")
+    organism = provenance.get("query_organism", "unknown")
+    if not choice:
+        return organism
+    how = {"given": "given", "detected": "detected from its gene names",
+           "assumed": "the reference's, assumed: its gene names do not tell"}[choice["how"]]
+    return f"{organism} ({how}; {choice['evidence']})"
+
+
 def reference_origin(provenance: dict) -> str:
     """Where the reference came from and which revision, e.g. "revision `abc...` of Hub repo lab/x"."""
     source, revision, path = provenance.get("source"), provenance.get("revision"), provenance.get("path")
@@ -85,7 +96,7 @@ def scale_text(provenance: dict) -> str:
 
 def warnings(result) -> list[str]:
     """Plain-language warnings when the query does not fit the reference well."""
-    out = []
+    out = list(result.provenance.get("warnings", []))
     unassigned = float((result.labels == UNASSIGNED).mean())
     if unassigned >= WARN_UNASSIGNED:
         out.append(f"{unassigned:.0%} of cells fall in clusters judged novel (Unassigned): the query may hold cell "
@@ -124,7 +135,7 @@ def summary_markdown(result, figures: list[str], truth: pd.Series | None = None,
         "",
         f"- Reference: **{prov.get('reference', 'unknown')}** version {prov.get('reference_version', '?')}, "
         f"{reference_origin(prov)}",
-        f"- Query: {len(result.obs):,} cells, organism {prov.get('query_organism', '?')}",
+        f"- Query: {len(result.obs):,} cells, organism {organism_text(prov)}",
         f"- Genes: {gene_overlap_text(prov)}",
         f"- Input type assumed: {input_type_text(prov)}",
         f"- Scaled with: {scale_text(prov)}",

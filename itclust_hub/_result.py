@@ -42,10 +42,12 @@ class TransferResult:
         ``source_label`` (the source network's direct prediction, before fine-tuning), ``cluster``,
         ``probability`` (of its cluster: its soft assignment to the clusters, squared and renormalised; see
         ``_network.PROBABILITY_POWER``; it ranks the reference's clusters, ``novel`` says whether any fits),
-        ``cluster_confidence`` and ``novel``.
+        ``cluster_confidence``, ``novel`` and ``empty`` (the cell has no expression in any query gene the
+        reference reads: it is left out of fine-tuning, labelled ``"Unassigned"`` in every label column, in
+        cluster -1 at probability 0, and not novel).
     probabilities
         Cells x reference types: a type's probability is the sum over the clusters named by it (types that
-        name no cluster are 0).
+        name no cluster are 0; every type is 0 for an empty cell).
     clusters
         One row a target cluster: ``label``, ``nearest_label``, ``size``, ``confidence`` (share of its cells
         that started self-training with its type: ItClust's share of labels kept), ``similarity``
@@ -55,9 +57,11 @@ class TransferResult:
         gene, corrected for the noise of each type's profile), ``renamed`` (its type is its closest type,
         not its cells' starting majority) and ``novel``.
     embedding
-        Cells x latent dimensions of the fine-tuned encoder.
+        Cells x latent dimensions of the fine-tuned encoder (empty cells: where it puts a cell with no
+        expression).
     provenance
-        Reference name, version, revision, gene overlap, input type assumed, iterations and settings.
+        Reference name, version, revision, query organism (and how it was known), gene overlap, input type
+        assumed, empty cells, warnings, iterations and settings.
     """
 
     obs: pd.DataFrame
@@ -68,13 +72,15 @@ class TransferResult:
 
     @property
     def labels(self) -> pd.Series:
-        """Cell-type name per cell, ``"Unassigned"`` in novel clusters."""
+        """Cell-type name per cell, ``"Unassigned"`` in novel clusters and for empty cells."""
         return self.obs["label"]
 
     @property
     def changed_fraction(self) -> float:
-        """Share of cells whose label fine-tuning changed from the source network's prediction."""
-        return float((self.obs["nearest_label"] != self.obs["source_label"]).mean())
+        """Share of cells whose label fine-tuning changed from the source network's prediction (of the cells
+        that are not empty)."""
+        kept = self.obs[~self.obs["empty"]] if "empty" in self.obs else self.obs
+        return float((kept["nearest_label"] != kept["source_label"]).mean()) if len(kept) else 0.0
 
     def __repr__(self) -> str:
         counts = self.labels.value_counts()
@@ -181,8 +187,14 @@ class atomic_path:
 
 
 def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, type_counts, present: np.ndarray,
-                 obs_names, min_confidence: float, min_similarity: float, provenance: dict) -> TransferResult:
+                 obs_names, min_confidence: float, min_similarity: float, provenance: dict,
+                 empty: np.ndarray | None = None) -> TransferResult:
     """Name each target cluster, score it and assemble the :class:`TransferResult`.
+
+    ``outcome`` covers the cells that are not ``empty`` (a mask over ``obs_names``: cells with no expression
+    over the genes the reference reads, left out of fine-tuning); the result has a row for every cell, in
+    order, the empty ones labelled ``"Unassigned"`` with ``empty`` True, cluster -1, probabilities 0 and the
+    embedding of a cell with no expression.
 
     A cluster is named after the reference type most of its cells started self-training with (rather than
     the type whose centroid it started from: self-training can move a population onto a neighbouring
@@ -247,23 +259,37 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, type
     clusters = clusters[clusters["size"] > 0]
     c = outcome.clusters
     per_cluster = cell_probabilities(outcome.q.astype(np.float64)).astype(np.float32)  # cells x clusters
+    empty = np.zeros(len(c), bool) if empty is None else np.asarray(empty, bool)
+    blank = np.zeros(outcome.embedding.shape[1:], outcome.embedding.dtype) if outcome.blank_embedding is None else (
+        outcome.blank_embedding)
+    spread = lambda values, fill: _spread(values, empty, fill)  # noqa: E731
     obs = pd.DataFrame({
-        "label": clusters["label"].reindex(c).to_numpy(),
-        "nearest_label": cluster_names[c],
-        "source_label": names[outcome.source_codes],
-        "cluster": c,
-        "probability": per_cluster[np.arange(len(c)), c],
-        "cluster_confidence": confidence[c],
-        "novel": novel[c],
+        "label": spread(clusters["label"].reindex(c).to_numpy(), UNASSIGNED),
+        "nearest_label": spread(cluster_names[c], UNASSIGNED),
+        "source_label": spread(names[outcome.source_codes], UNASSIGNED),
+        "cluster": spread(c, -1),
+        "probability": spread(per_cluster[np.arange(len(c)), c], 0.0),
+        "cluster_confidence": spread(confidence[c], 0.0),
+        "novel": spread(novel[c], False),
+        "empty": empty,
     }, index=pd.Index(obs_names, name=None))
-    probabilities = (per_cluster @ np.eye(len(names), dtype=np.float32)[named]).astype(np.float32)
+    probabilities = spread((per_cluster @ np.eye(len(names), dtype=np.float32)[named]).astype(np.float32), 0.0)
     return TransferResult(
         obs=obs,
         probabilities=pd.DataFrame(probabilities, index=obs.index, columns=list(names)),
         clusters=clusters,
-        embedding=outcome.embedding,
+        embedding=spread(outcome.embedding, blank),
         provenance=provenance,
     )
+
+
+def _spread(values: np.ndarray, empty: np.ndarray, fill) -> np.ndarray:
+    """Per-cell ``values`` of the cells that are not ``empty``, in order, spread over every cell; ``fill`` at
+    the empty ones."""
+    out = np.empty((len(empty), *np.shape(values)[1:]), dtype=np.asarray(values).dtype)
+    out[empty] = fill
+    out[~empty] = values
+    return out
 
 
 def informative_genes(type_profiles: np.ndarray, present: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ streamed from disk batch by batch either way.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -17,8 +18,8 @@ import torch
 from torch import nn
 
 from ._atlas import Shard, scan_atlas
-from ._errors import ItClustError
-from ._genes import ensembl_ids_for
+from ._errors import ItClustError, ItClustWarning
+from ._genes import choose_organism, ensembl_ids_for
 from ._data import ScaledMatrix
 from ._impute import context_loadings, fill_missing, gene_loadings, latent_map
 from ._network import Encoder, hidden_dims_for, kl_loss, soft_assign
@@ -291,7 +292,7 @@ def train_reference(
     label_key: str,
     name: str,
     *,
-    organism: str = "human",
+    organism: str | None = None,
     tissue: str = "unknown",
     recipe: Recipe | None = None,
     input_type: str = "auto",
@@ -326,7 +327,10 @@ def train_reference(
     name
         Reference name (e.g. ``"pancreas-human"``).
     organism, tissue
-        Recorded in the reference; ``organism`` drives cross-species mapping at transfer time.
+        Recorded in the reference; ``organism`` drives cross-species mapping at transfer time. Any usual
+        spelling (``"human"``, ``"Mus musculus"``, ``"mm"``, ``10090``); names whose genes cannot be mapped are
+        refused. Default: the organism the gene names are written as (mouse ``Gcg``, human ``GCG``; Ensembl
+        ``ENSMUSG`` / ``ENSG``), human when they cannot tell (with a warning when they look otherwise).
     recipe
         Preprocessing (QC, normalisation, number of highly variable genes, clipping): an
         :class:`itclust_hub.Recipe`, e.g. ``ih.Recipe(n_top_genes=3000)``; default ``ih.Recipe()``.
@@ -361,6 +365,11 @@ def train_reference(
     from ._model import ItClust
 
     check_anndata(adata)
+    choice = choose_organism(organism, "human", adata.var, adata.var_names)
+    organism = choice.organism
+    note = choice.message("organism", f"recorded as a {organism} reference", "the default")
+    if note:
+        warnings.warn(note, ItClustWarning, stacklevel=2)
     if adata.var_names.duplicated().any():
         dup = adata.var_names[adata.var_names.duplicated()][0]
         raise ItClustError(f"duplicated gene names in the reference (e.g. {dup!r}); call adata.var_names_make_unique()")

@@ -51,6 +51,7 @@ class FineTuneOutcome:
     n_iter: int
     converged: bool
     changed: list[float]  # share of labels changed at each iteration
+    blank_embedding: np.ndarray | None = None  # latent: where the fine-tuned encoder puts a cell with no expression
 
 
 @contextlib.contextmanager
@@ -274,5 +275,7 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, 
     # within-cluster sum of squares = all cells' less each cluster's size x its squared mean (delta's = the expression's)
     within = squares - (sums**2 / np.maximum(counts, 1)[:, None]).sum(0)
     within_variance = np.maximum(within, 0) / max(n - np.count_nonzero(counts), 1)
+    with torch.no_grad():
+        blank = encoder(data.zero[None].to(device))[0].cpu().numpy()
     return FineTuneOutcome(source_codes, start_codes, clusters, q.numpy(), z.numpy(), profiles.astype(np.float32),
-                           effective_sizes, within_variance, it, converged, changed)
+                           effective_sizes, within_variance, it, converged, changed, blank)

@@ -8,13 +8,15 @@ Bad input ends with exit status 1 (2 for a bad command line) and one line ``Erro
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import click
 import pandas as pd
 
-from ._errors import ItClustError
-from ._result import TABLE_FILES
+from ._errors import ItClustError, ItClustWarning
+from ._genes import normalize_organism
+from ._result import TABLE_FILES, UNASSIGNED
 
 INPUT_TYPES = ("auto", "counts", "lognorm", "tpm")  # kept here so the CLI starts without importing torch
 SCALES = ("auto", "reference", "own")
@@ -204,7 +206,8 @@ def _write_h5ad(adata, path: Path) -> None:
 @click.option("--gene-key", help="var column holding gene symbols or Ensembl IDs (default: the best match).")
 @click.option("--input-type", type=click.Choice(INPUT_TYPES), default="auto", show_default=True,
               help="What the values are; auto detects raw counts, log-normalised values or TPM.")
-@click.option("--query-organism", help="Organism of the query when it differs from the reference's (e.g. mouse).")
+@click.option("--query-organism",
+              help="Organism of the query, e.g. mouse, 'Mus musculus', mm or 10090 (default: detected from its gene names).")
 @click.option("--orthologs", type=click.Path(dir_okay=False), help="CSV ortholog table, one column per organism.")
 @click.option("--scale", type=click.Choice(SCALES), default="auto", show_default=True,
               help="Scale genes with the reference's statistics or the query's own (auto: own across species).")
@@ -228,12 +231,16 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
     """
     from ._io import read_query
     from ._model import ItClust
-    from ._report import gene_overlap_text, input_type_text, label_counts, refuse_overwrite, scale_text, warnings
+    from ._report import (gene_overlap_text, input_type_text, label_counts, organism_text, refuse_overwrite,
+                          scale_text)
+    from ._report import warnings as report_warnings
 
     if out.suffix != ".h5ad":
         raise ItClustError(f"-o {out} must end in .h5ad")
     if truth_key is not None and report is None:
         raise ItClustError("--truth-key draws a confusion heatmap in the report; add --report DIR")
+    if query_organism is not None and orthologs is None:
+        query_organism = normalize_organism(query_organism, what="--query-organism")
     outputs = _planned_outputs(out, tables, report, markers=True, confusion=truth_key is not None)
     refuse_overwrite(outputs, force)
     model = ItClust.from_pretrained(name, revision=revision)
@@ -241,9 +248,11 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
     if truth_key is not None and truth_key not in adata.obs.columns:
         raise ItClustError(f"--truth-key {truth_key!r} is not an obs column of {query} "
                            f"(have {', '.join(map(str, adata.obs.columns)) or 'none'})")
-    result = model.transfer(adata, gene_key=gene_key, layer=layer, use_raw=use_raw, input_type=input_type,
-                            query_organism=query_organism, orthologs=orthologs, scale=scale, seed=seed,
-                            device=device, progress=_progress(no_progress))
+    with warnings.catch_warnings():  # printed below, with the report's
+        warnings.simplefilter("ignore", ItClustWarning)
+        result = model.transfer(adata, gene_key=gene_key, layer=layer, use_raw=use_raw, input_type=input_type,
+                                query_organism=query_organism, orthologs=orthologs, scale=scale, seed=seed,
+                                device=device, progress=_progress(no_progress))
     written = []
     if tables is not None:
         written += result.write_tables(tables, force=force)
@@ -265,8 +274,12 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
     click.echo(f"Novel clusters: {len(novel)} of {len(result.clusters)}"
                + (f" ({novel['size'].sum():,} cells labelled Unassigned; nearest: "
                   + ", ".join(novel["nearest_label"].astype(str).unique()) + ")" if len(novel) else ""))
+    click.echo(f"Query organism: {organism_text(prov)}")
+    if prov.get("empty_cells"):
+        click.echo(f"Empty cells: {prov['empty_cells']:,} express none of the genes the reference reads "
+                   f"(labelled {UNASSIGNED}, left out of fine-tuning)")
     click.echo("Wrote: " + ", ".join(str(p) for p in written))
-    for warning in warnings(result):
+    for warning in report_warnings(result):
         click.echo(f"Warning: {warning}", err=True)
 
 
@@ -276,7 +289,8 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
 @click.option("--name", required=True, help="Reference name (letters, digits, '-', '_', '.'), e.g. pancreas-human.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Reference folder to write.")
-@click.option("--organism", default="human", show_default=True, help="Organism of the atlas.")
+@click.option("--organism", help="Organism of the atlas, e.g. human, 'Homo sapiens', hs or 9606 "
+              "(default: detected from its gene names, human when they cannot tell).")
 @click.option("--tissue", default="unknown", show_default=True, help="Tissue of the atlas.")
 @click.option("--format", "fmt", type=click.Choice(["h5ad", "10x-mtx", "10x-h5", "loom", "text"]),
               help="Atlas file format (default: from the file name).")
@@ -304,18 +318,27 @@ def train(atlas, label_key, name, out, organism, tissue, fmt, layer, use_raw, sm
         raise ItClustError(f"--name {name!r} is not a valid reference name (letters, digits, '-', '_', '.')")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ItClustError(f"{out} already exists and is not empty; pass --force to overwrite")
+    if organism is not None:
+        organism = normalize_organism(organism, what="--organism")
     adata = read_query(atlas, format=fmt, layer=layer, use_raw=use_raw)
     if label_key not in adata.obs.columns:
         raise ItClustError(f"--label-key {label_key!r} is not an obs column of {atlas} "
                            f"(have {', '.join(map(str, adata.obs.columns)) or 'none'})")
     metadata = {k: v for k, v in {"description": description, "license": license_, "citation": citation}.items() if v}
     options = {k: v for k, v in {"pretrain_epochs": pretrain_epochs, "epochs": epochs}.items() if v is not None}
-    model = train_reference(adata, label_key, name, organism=organism, tissue=tissue, small_types=small_types,
-                            seed=seed, progress=_progress(no_progress), metadata=metadata, **options)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ItClustWarning)
+        model = train_reference(adata, label_key, name, organism=organism, tissue=tissue, small_types=small_types,
+                                seed=seed, progress=_progress(no_progress), metadata=metadata, **options)
     path = model.save_pretrained(out, force=force)
     click.echo(f"Trained {model.name}: {model.config['n_cells']:,} cells, {len(model.cell_types)} cell types, "
-               f"{len(model.genes):,} genes, encoder {model.config['architecture']['hidden_dims']}")
+               f"{len(model.genes):,} genes, encoder {model.config['architecture']['hidden_dims']}, organism {model.organism}")
     click.echo(f"Saved to {path}; check it with `itclust-hub validate {path}`")
+    for warning in caught:
+        if issubclass(warning.category, ItClustWarning):
+            click.echo(f"Warning: {warning.message}", err=True)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 @main.command()
