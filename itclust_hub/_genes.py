@@ -46,13 +46,14 @@ def looks_like_ensembl(names) -> bool:
     return len(names) > 0 and names.str.upper().str.match(_ENSEMBL).mean() > 0.5
 
 
-def normalize_organism(name, *, what: str = "organism", also=(), strict: bool = True) -> str:
+def normalize_organism(name, *, what: str = "organism", also=(), strict: bool = True, hint: str = "") -> str:
     """The canonical name (``"human"``, ``"mouse"``) of an organism spelled any usual way: ``Homo sapiens``,
     ``mm``, ``10090``, ``taxid:9606``, ... (case-insensitive).
 
     ``also`` names more organisms (the columns of a user's ortholog table), kept lower-case. A name that is
-    none of these is refused in one line naming ``what`` (the argument or option that gave it), unless not
-    ``strict``: then it comes back lower-case (an organism recorded by someone else's reference).
+    none of these is refused in one line naming ``what`` (the argument or option that gave it) and ending in
+    ``hint``, unless not ``strict``: then it comes back lower-case (an organism recorded by someone else's
+    reference).
     """
     key = re.sub(r"[\s_.]+", " ", str(name).strip().lower())
     key = re.sub(r"^(ncbi ?taxon|taxid|txid|taxon) ?:? ?(\d+)$", r"\2", key)
@@ -62,9 +63,8 @@ def normalize_organism(name, *, what: str = "organism", also=(), strict: bool = 
     if key in extra or not strict:
         return key
     known = " or ".join(f"{o} ({aliases[1].capitalize()}, {aliases[4]}, {aliases[-1]})" for o, aliases in ORGANISMS.items())
-    more = f"; or a column of the ortholog table ({', '.join(extra)})" if extra else (
-        "; other organisms need orthologs= a table with a column per organism")
-    raise ItClustError(f"{what} {name!r} is not an organism whose genes can be mapped; use {known}{more}")
+    more = f" or a column of the ortholog table ({', '.join(extra)})" if extra else ""
+    raise ItClustError(f"{what} {name!r} is not an organism whose genes can be mapped; use {known}{more}{hint}")
 
 
 @dataclass
@@ -129,16 +129,15 @@ def _organism_evidence(names) -> dict[str, int]:
     return counts
 
 
-def choose_organism(given, fallback: str, var: pd.DataFrame, var_names, *, gene_key: str | None = None,
-                    what: str = "organism", also=()) -> OrganismChoice:
-    """The organism of a query or atlas: ``given`` (normalised by :func:`normalize_organism`) when not None,
+def choose_organism(given: str | None, fallback: str, var: pd.DataFrame, var_names, *,
+                    gene_key: str | None = None) -> OrganismChoice:
+    """The organism of a query or atlas: ``given`` (as :func:`normalize_organism` returns it) when not None,
     else the one its gene names are written as (mouse symbols ``Gcg``, human ``GCG``; Ensembl ``ENSMUSG`` /
     ``ENSG``) when at least ``DETECT_MIN_NAMES`` distinct names are recognisable and ``DETECT_MIN_SHARE`` of
     them agree, else ``fallback`` (also when ``fallback`` is an organism the names cannot tell). The names
     are those of ``gene_key``, or of the column among ``var_names`` and the text ``var`` columns with the
     most recognisable ones.
     """
-    organism = None if given is None else normalize_organism(given, what=what, also=also)
     counts = {o: 0 for o in ORGANISMS}
     for _, names in _candidates(var, var_names, gene_key):
         found = _organism_evidence(names)
@@ -146,8 +145,8 @@ def choose_organism(given, fallback: str, var: pd.DataFrame, var_names, *, gene_
             counts = found
     total, top = sum(counts.values()), max(counts, key=counts.get)
     detected = top if total >= DETECT_MIN_NAMES and counts[top] >= DETECT_MIN_SHARE * total else None
-    if organism is not None:
-        return OrganismChoice(organism, "given", fallback, counts, detected)
+    if given is not None:
+        return OrganismChoice(given, "given", fallback, counts, detected)
     if detected is not None and fallback in ORGANISMS:
         return OrganismChoice(detected, "detected", fallback, counts, detected)
     return OrganismChoice(fallback, "assumed", fallback, counts, detected)

@@ -169,8 +169,11 @@ def prepare_query(
     if scale not in SCALES:
         raise ItClustError(f"scale must be one of {SCALES}, not {scale!r}")
     organism = normalize_organism(organism, strict=False)
-    choice = choose_organism(query_organism, organism, var, var_names, gene_key=gene_key, what="query_organism",
-                             also=() if orthologs is None else load_orthologs(orthologs).columns)
+    if query_organism is not None:
+        query_organism = normalize_organism(
+            query_organism, what="query_organism", also=() if orthologs is None else load_orthologs(orthologs).columns,
+            hint="" if orthologs is not None else "; for another, pass orthologs= a table with a column per organism")
+    choice = choose_organism(query_organism, organism, var, var_names, gene_key=gene_key)
     rename = None if choice.organism == organism else ortholog_map(choice.organism, organism, orthologs)
     upper = var_names.astype(str).str.upper()
     counted = ~np.any([upper.str.startswith(p.upper()) for p in recipe.drop_gene_prefixes], axis=0)

@@ -66,9 +66,10 @@ def organism_text(provenance: dict) -> str:
     organism = provenance.get("query_organism", "unknown")
     if not choice:
         return organism
-    how = {"given": "given", "detected": "detected from its gene names",
-           "assumed": "the reference's, assumed: its gene names do not tell"}[choice["how"]]
-    return f"{organism} ({how}; {choice['evidence']})"
+    if choice["how"] == "given":
+        return f"{organism} (given)"
+    how = {"detected": "detected from its gene names", "assumed": "the reference's: its gene names do not tell"}
+    return f"{organism} ({how[choice['how']]}: {choice['evidence']})"
 
 
 def reference_origin(provenance: dict) -> str:

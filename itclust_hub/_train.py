@@ -19,7 +19,7 @@ from torch import nn
 
 from ._atlas import Shard, scan_atlas
 from ._errors import ItClustError, ItClustWarning
-from ._genes import choose_organism, ensembl_ids_for
+from ._genes import choose_organism, ensembl_ids_for, normalize_organism
 from ._data import ScaledMatrix
 from ._impute import context_loadings, fill_missing, gene_loadings, latent_map
 from ._network import Encoder, hidden_dims_for, kl_loss, soft_assign
@@ -365,7 +365,8 @@ def train_reference(
     from ._model import ItClust
 
     check_anndata(adata)
-    choice = choose_organism(organism, "human", adata.var, adata.var_names)
+    choice = choose_organism(None if organism is None else normalize_organism(organism), "human", adata.var,
+                             adata.var_names)
     organism = choice.organism
     note = choice.message("organism", f"recorded as a {organism} reference", "the default")
     if note:

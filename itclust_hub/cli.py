@@ -240,7 +240,8 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
     if truth_key is not None and report is None:
         raise ItClustError("--truth-key draws a confusion heatmap in the report; add --report DIR")
     if query_organism is not None and orthologs is None:
-        query_organism = normalize_organism(query_organism, what="--query-organism")
+        query_organism = normalize_organism(query_organism, what="--query-organism",
+                                            hint="; for another, pass --orthologs a CSV with a column per organism")
     outputs = _planned_outputs(out, tables, report, markers=True, confusion=truth_key is not None)
     refuse_overwrite(outputs, force)
     model = ItClust.from_pretrained(name, revision=revision)
