@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from ._errors import ItClustError
 from ._format import check_format
+from ._outputs import check_output_folder
 
 CHECKED_FILES = ("model.safetensors", "genes.json", "labels.json")
 REFERENCE_FILES = ("config.json", *CHECKED_FILES, "README.md")
@@ -37,12 +38,18 @@ def _write_json(path: Path, obj) -> None:
 
 def write_reference(folder, config: dict, tensors: dict[str, torch.Tensor], genes: dict, labels: dict,
                     card: str, force: bool = False) -> Path:
-    """Write a reference folder atomically; refuse to overwrite an existing one unless ``force``."""
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not force:
-        raise ItClustError(f"{folder} already exists and is not empty; pass force=True (--force) to overwrite")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    """Write a reference folder atomically and return its absolute path.
+
+    A new folder is written in a temporary one that is then renamed into place. An existing folder must hold
+    nothing but a reference's own files (``REFERENCE_FILES``) and is replaced only with ``force``: each file is
+    replaced atomically, ``config.json`` (which holds the others' checksums) last, and nothing else in the
+    folder or around it is touched.
+    """
+    folder = check_output_folder(folder, REFERENCE_FILES, force=force)
+    replace = folder.is_dir()
+    if not replace:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".itclust-staging.", dir=folder if replace else folder.parent))
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, staging / "model.safetensors",
                   metadata={"format": "pt"})
@@ -52,12 +59,9 @@ def write_reference(folder, config: dict, tensors: dict[str, torch.Tensor], gene
         _write_json(staging / "config.json", config)
         (staging / "README.md").write_text(card)
         _follow_umask(staging)
-        if folder.exists():
-            backup = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(folder, backup)
-            os.replace(staging, folder)
-            shutil.rmtree(backup)
+        if replace:
+            for name in sorted(REFERENCE_FILES, key=lambda name: name == "config.json"):
+                os.replace(staging / name, folder / name)
         else:
             os.replace(staging, folder)
     finally:
@@ -134,16 +138,16 @@ def read_reference(folder) -> tuple[dict, dict[str, torch.Tensor], dict, dict]:
         raise ItClustError(f"{folder / 'model.safetensors'} holds tensors {sorted(tensors)}, expected {sorted(shapes)}")
     for key, shape in shapes.items():
         if tuple(tensors[key].shape) != shape:
-            raise ItClustError(f"tensor {key} has shape {tuple(tensors[key].shape)}, config says {shape}")
+            raise ItClustError(f"{folder / 'model.safetensors'}: tensor {key} has shape {tuple(tensors[key].shape)}, config says {shape}")
     genes, labels = _read_json(folder / "genes.json"), _read_json(folder / "labels.json")
     n_genes, n_types = config["architecture"]["n_genes"], config["architecture"]["n_types"]
     n_context = config["architecture"].get("n_context_genes", 0)
     for names, ids, n, what in (("symbols", "ensembl_ids", n_genes, "genes"),
                                 ("context_symbols", "context_ensembl_ids", n_context, "context genes")):
         if len(genes.get(names) or []) != n:
-            raise ItClustError(f"genes.json lists {len(genes.get(names) or [])} {what}, config says {n}")
+            raise ItClustError(f"{folder / 'genes.json'} lists {len(genes.get(names) or [])} {what}, config says {n}")
         if genes.get(ids) is not None and len(genes[ids]) != n:
-            raise ItClustError(f"genes.json lists {len(genes[ids])} Ensembl IDs of {what}, config says {n}")
+            raise ItClustError(f"{folder / 'genes.json'} lists {len(genes[ids])} Ensembl IDs of {what}, config says {n}")
     if len(labels.get("cell_types", [])) != n_types or len(labels.get("counts", [])) != n_types:
-        raise ItClustError(f"labels.json does not list {n_types} cell types with counts as config says")
+        raise ItClustError(f"{folder / 'labels.json'} does not list {n_types} cell types with counts as config says")
     return config, tensors, genes, labels

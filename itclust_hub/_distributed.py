@@ -23,7 +23,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ._errors import ItClustError
+from ._artifact import REFERENCE_FILES
+from ._errors import ItClustError, cli_words
+from ._outputs import check_output_folder
 from ._preprocess import Recipe
 from ._train import Replica, train_reference
 
@@ -72,7 +74,7 @@ def _arguments(argv) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=256, help="global minibatch, split across processes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
+    parser.add_argument("--force", action="store_true", help="replace the reference files in the output folder")
     return parser.parse_args(argv)
 
 
@@ -85,8 +87,7 @@ def main(argv=None) -> int:
         recipe = Recipe() if args.n_top_genes is None else Recipe(n_top_genes=args.n_top_genes)
         if not os.path.isfile(args.atlas):
             raise ItClustError(f"{args.atlas} does not exist")
-        if os.path.isdir(args.output) and os.listdir(args.output) and not args.force:
-            raise ItClustError(f"{args.output} already exists and is not empty; pass --force to overwrite")
+        check_output_folder(args.output, REFERENCE_FILES, force=args.force, inputs=[args.atlas])
         adata = anndata.read_h5ad(args.atlas, backed="r")
         model = train_reference(
             adata, args.label_key, args.name, organism=args.organism, tissue=args.tissue, recipe=recipe,
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
                   f"{len(model.cell_types)} cell types, {len(model.genes)} genes; saved to {path}")
         dist.barrier()
     except ItClustError as err:
-        print(f"Error: {err}", file=sys.stderr)
+        print(f"Error: {cli_words(str(err))}", file=sys.stderr)
         return 1
     finally:
         if dist.is_initialized():

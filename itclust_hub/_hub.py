@@ -31,6 +31,7 @@ from huggingface_hub.errors import (
 from ._artifact import REFERENCE_FILES, sha256
 from ._errors import ItClustError
 from ._format import check_format
+from ._progress import hub_progress
 from ._registry import (
     INDEX_FILENAME,
     INDEX_REPO_ID,
@@ -38,6 +39,7 @@ from ._registry import (
     INDEX_VERSION,
     NETWORK_ERRORS,
     ReferenceEntry,
+    bundled_entry,
     bundled_folder,
     find_entry,
     get_entry,
@@ -93,7 +95,7 @@ def _offline_hint() -> str:
 
 
 def resolve_reference(spec, revision: str | None = None, cache_dir=None, local_files_only: bool = False,
-                      token=None) -> ResolvedReference:
+                      token=None, progress: bool | None = None) -> ResolvedReference:
     """Find or download the reference ``spec`` and return its local folder.
 
     Args:
@@ -103,6 +105,7 @@ def resolve_reference(spec, revision: str | None = None, cache_dir=None, local_f
         cache_dir: Hub cache folder (default: ``HF_HUB_CACHE`` / ``HF_HOME``).
         local_files_only: never touch the network (as does ``HF_HUB_OFFLINE=1``).
         token: Hugging Face token for private repos (default: the logged-in one).
+        progress: show huggingface_hub's download bars (default: only on a terminal).
 
     A registry name without a revision gives the packaged copy when the reference is bundled, else the
     commit the index pins. Files the index lists are checked against its SHA-256 before returning; a
@@ -118,12 +121,16 @@ def resolve_reference(spec, revision: str | None = None, cache_dir=None, local_f
         if revision is not None:
             raise ItClustError(f"{parsed.target} is a local folder, which has no revisions; drop @{revision}")
         path = Path(parsed.target).resolve()
+        entry = bundled_entry(path)
+        if entry is not None:  # the bundled copy, given by its path: checked as when given by its name
+            _check_bundled(entry, path)
         resolved = ResolvedReference(path, path.name, None, None, "local")
     elif parsed.kind == "url":
         resolved = _from_url(parsed.target, cache_dir, offline)
     else:
         entry = get_entry(parsed.target, cache_dir) if parsed.kind == "name" else find_entry(parsed.target, cache_dir)
-        resolved = _from_index_or_hub(parsed.target, entry, revision, cache_dir, offline, token)
+        with hub_progress(progress):
+            resolved = _from_index_or_hub(parsed.target, entry, revision, cache_dir, offline, token)
     check_format(resolved.path, f"reference {resolved.name}")
     return resolved
 
@@ -133,8 +140,7 @@ def _from_index_or_hub(target: str, entry: ReferenceEntry | None, revision, cach
         return _from_hub(target, target, revision, {}, cache_dir, offline, token)
     if entry.bundled and revision in (None, entry.revision):
         folder = bundled_folder(entry)
-        if _mismatched_files(folder, entry.files):
-            raise ItClustError(f"the bundled reference {entry.name} is damaged; reinstall itclust-hub")
+        _check_bundled(entry, folder)
         return ResolvedReference(folder, entry.name, entry.repo_id, entry.revision, "bundled")
     if revision is None and entry.revision is None:
         logger.warning("the index pins no revision for %s yet; using the latest on %s (unverified)",
@@ -196,6 +202,14 @@ def _download(name: str, label: str, kwargs: dict) -> Path:
     except (*NETWORK_ERRORS, OSError) as err:
         raise ItClustError(f"download of {label} was interrupted ({network_reason(err)}); run the same command again "
                            "to resume") from None
+
+
+def _check_bundled(entry: ReferenceEntry, folder: Path) -> None:
+    """Refuse the bundled copy ``folder`` of ``entry`` when a file differs from the index's SHA-256."""
+    bad = _mismatched_files(folder, entry.files)
+    if bad:
+        raise ItClustError(f"the bundled reference {entry.name} is damaged: {', '.join(str(folder / n) for n in bad)} "
+                           "does not match the index checksum; reinstall itclust-hub")
 
 
 def _mismatched_files(folder: Path, files: dict[str, str]) -> list[str]:

@@ -8,6 +8,8 @@ Formats: ``.h5ad``, a 10x Genomics matrix folder (CellRanger v2 or v3, gzipped o
 from __future__ import annotations
 
 import gzip
+import logging
+import warnings
 from pathlib import Path
 
 import anndata
@@ -27,6 +29,7 @@ _BARCODE_NAMES = ("barcodes.tsv.gz", "barcodes.tsv")
 _LOOM_GENE_ATTRS = ("Gene", "var_names", "gene_symbols", "gene_name", "gene", "index")
 _LOOM_CELL_ATTRS = ("CellID", "obs_names", "barcode", "cell", "index")
 _BARCODE = r"[ACGTN]{8,}"
+logger = logging.getLogger(__name__)
 
 
 def read_query(path, *, format=None, layer=None, use_raw=False, transpose=None, backed=False) -> anndata.AnnData:
@@ -77,16 +80,24 @@ def read_query(path, *, format=None, layer=None, use_raw=False, transpose=None, 
         raise ItClustError("pass layer= or use_raw=, not both; .raw has no layers")
     if path.is_file():
         _check_not_empty(path)
-    try:
-        adata = _read(path, fmt, transpose, backed)
-    except ItClustError:
-        raise
-    except Exception as exc:  # five libraries' readers raise many types, scanpy's 10x .h5 a bare Exception
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ItClustError(
-            f"cannot read {path} as {fmt} ({reason}); check the file is complete (not truncated) or pass the right format="
-        ) from exc
-    adata = _select_matrix(adata, layer, use_raw)
+    with warnings.catch_warnings():  # anndata's two-line warning on duplicated names: one line of ours below
+        warnings.filterwarnings("ignore", message=r"(Variable|Observation) names are not unique", category=UserWarning)
+        try:
+            adata = _read(path, fmt, transpose, backed)
+        except ItClustError:
+            raise
+        except Exception as exc:  # five libraries' readers raise many types, scanpy's 10x .h5 a bare Exception
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ItClustError(
+                f"cannot read {path} as {fmt} ({reason}); check the file is complete (not truncated) or pass the right "
+                "format="
+            ) from exc
+        adata = _select_matrix(adata, layer, use_raw)
+    for axis, names in (("gene", adata.var_names), ("cell", adata.obs_names)):
+        repeated = names[names.duplicated()].unique()
+        if len(repeated):
+            logger.warning("%s: %s %s more than once (e.g. %r)", path, f"{len(repeated):,}",
+                           f"{axis} name occurs" if len(repeated) == 1 else f"{axis} names occur", repeated[0])
     if not _has_gene_names(adata):
         raise ItClustError(f"{path} has no gene names (genes are labelled {list(adata.var_names[:3])}); label genes with symbols or Ensembl IDs")
     return adata

@@ -131,9 +131,11 @@ class ItClust:
                               context)
 
     def save_pretrained(self, folder, *, force: bool = False, card: str | None = None) -> Path:
-        """Write the reference folder (safetensors + JSON + model card) atomically.
+        """Write the reference folder (safetensors + JSON + model card) atomically; returns its absolute path.
 
-        Refuses to overwrite a non-empty folder unless ``force``; ``card`` replaces the default card.
+        Refuses a non-empty folder unless ``force``, and even then one holding anything but a reference's own
+        files (config.json, model.safetensors, genes.json, labels.json, README.md): ``force`` replaces those
+        and nothing else. ``card`` replaces the default card.
         """
         return write_reference(
             folder, self.config, self.tensors(),
@@ -145,17 +147,18 @@ class ItClust:
 
     @classmethod
     def from_pretrained(cls, name_or_path, revision: str | None = None, *, cache_dir=None,
-                        local_files_only: bool = False, token=None) -> "ItClust":
+                        local_files_only: bool = False, token=None, progress: bool | None = None) -> "ItClust":
         """Load a reference by registry name (``"pancreas-human"``, ``"name@rev"``), Hub repo id
         (``"org/repo[@rev]"``), URL of a file server folder, or local folder.
 
         Downloads go through ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``, ``local_files_only``);
-        the files are verified before loading and nothing is executed.
+        the files are verified before loading and nothing is executed. ``progress`` shows the download
+        bars (default: only on a terminal).
         """
         from ._hub import resolve_reference
 
         resolved = resolve_reference(str(name_or_path), revision=revision, cache_dir=cache_dir,
-                                     local_files_only=local_files_only, token=token)
+                                     local_files_only=local_files_only, token=token, progress=progress)
         config, tensors, genes, labels = read_reference(resolved.path)
         return cls(config, tensors, genes, labels, source={
             "source": resolved.source, "repo_id": resolved.repo_id, "revision": resolved.revision,

@@ -229,6 +229,14 @@ def bundled_folder(entry: ReferenceEntry) -> Path:
     return REFERENCES_DIR / entry.name
 
 
+def bundled_entry(folder: Path) -> ReferenceEntry | None:
+    """The index entry whose bundled copy is the (resolved) ``folder``, or None when it is no bundled copy."""
+    if folder.parent != REFERENCES_DIR.resolve():
+        return None
+    entry = load_index().get(folder.name)
+    return entry if entry is not None and entry.bundled and bundled_folder(entry).resolve() == folder else None
+
+
 def _is_cached(entry: ReferenceEntry, cache_dir) -> bool:
     if entry.bundled and bundled_folder(entry).is_dir():
         return True

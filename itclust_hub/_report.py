@@ -10,6 +10,7 @@ import pandas as pd
 
 from . import _plot
 from ._errors import ItClustError
+from ._outputs import check_output_files
 from ._result import UNASSIGNED, atomic_path
 
 UMAP_PNG = "umap.png"
@@ -28,16 +29,6 @@ def report_files(folder, *, markers: bool, confusion: bool) -> list[Path]:
     folder = Path(folder)
     names = [UMAP_PNG, CONFIDENCE_PNG] + [MARKERS_PNG] * markers + [CONFUSION_PNG] * confusion + [SUMMARY_MD]
     return [folder / name for name in names]
-
-
-def refuse_overwrite(paths, force: bool) -> None:
-    """Raise :class:`ItClustError` naming the first of ``paths`` that exists, unless ``force``."""
-    if force:
-        return
-    existing = [Path(p) for p in paths if Path(p).exists()]
-    if existing:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise ItClustError(f"{existing[0]}{more} exists; pass force=True (--force) to overwrite")
 
 
 def gene_overlap_text(provenance: dict) -> str:
@@ -181,7 +172,8 @@ def write_report(result, folder, *, adata=None, model=None, truth_key: str | Non
     Always: ``umap.png``, ``cluster_confidence.png`` and ``summary.md``. With ``adata`` and ``model``:
     ``marker_dotplot.png`` (``layer``/``use_raw``/``orthologs`` as in the transfer). With ``adata`` and
     ``truth_key`` (an ``obs`` column of the query's own labels): ``confusion.png``. Nothing is
-    overwritten unless ``force``; every path is checked before anything is drawn.
+    overwritten unless ``force``, which replaces these files and nothing else in ``folder``; every path is
+    checked before anything is drawn.
     """
     if truth_key is not None and adata is None:
         raise ItClustError("truth_key= needs adata=, the AnnData that holds that obs column")
@@ -192,7 +184,7 @@ def write_report(result, folder, *, adata=None, model=None, truth_key: str | Non
         raise ItClustError("the AnnData's cells differ from the annotated ones; pass the AnnData you transferred")
     draw_markers = adata is not None and model is not None
     paths = report_files(folder, markers=draw_markers, confusion=truth_key is not None)
-    refuse_overwrite(paths, force)
+    check_output_files(paths, force=force)
     Path(folder).mkdir(parents=True, exist_ok=True)
     figures = {UMAP_PNG: lambda: _plot.plot_umap(result, seed=seed),
                CONFIDENCE_PNG: lambda: _plot.plot_confidence(result)}

@@ -14,6 +14,7 @@ import pandas as pd
 
 from ._errors import ItClustError
 from ._network import cell_probabilities
+from ._outputs import check_output_files
 
 UNASSIGNED = "Unassigned"
 TABLE_FILES = ("labels.csv", "probabilities.csv", "clusters.csv")
@@ -111,15 +112,16 @@ class TransferResult:
         return adata
 
     def write_tables(self, folder, *, force: bool = False) -> list[Path]:
-        """Write ``labels.csv`` (per-cell table), ``probabilities.csv`` and ``clusters.csv`` into ``folder``."""
+        """Write ``labels.csv`` (per-cell table), ``probabilities.csv`` and ``clusters.csv`` into ``folder``.
+
+        Existing tables are replaced only with ``force``; nothing else in ``folder`` is touched."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         tables = dict(zip(TABLE_FILES, (self.obs, self.probabilities, self.clusters)))
+        check_output_files([folder / name for name in tables], force=force)
+        folder.mkdir(parents=True, exist_ok=True)
         written = []
         for name, frame in tables.items():
             path = folder / name
-            if path.exists() and not force:
-                raise ItClustError(f"{path} exists; pass force=True (--force) to overwrite")
             with atomic_path(path) as tmp:
                 frame.to_csv(tmp)
             written.append(path)

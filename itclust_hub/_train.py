@@ -30,6 +30,7 @@ from ._query import check_anndata
 VAL_MASK_RATES = (0.5, 0.9)
 VAL_CHUNK = 4096
 CONTEXT_CHUNK = 1024  # cells per step of the context pass: dense rows over every gene the atlas measures
+_LISTED = 10  # small cell types an error message names
 
 
 class Replica:
@@ -265,9 +266,13 @@ def _label_codes(adata, label_key: str, min_cells_per_type: int, small_types: st
         raise ItClustError(f"small_types must be 'error' or 'drop', not {small_types!r}")
     labels = labels.astype(str)
     counts = labels.value_counts()
+    if len(counts) > 1 and counts.max() == 1:
+        raise ItClustError(f"label_key {label_key!r} has a different value for every one of its {len(counts):,} cells; "
+                           "give the obs column that holds cell types")
     small = counts[counts < min_cells_per_type]
     if len(small) and small_types == "error":
-        listed = ", ".join(f"{k} ({v})" for k, v in small.items())
+        listed = ", ".join(f"{k} ({v})" for k, v in small.head(_LISTED).items()) + (
+            f" and {len(small) - _LISTED:,} more" if len(small) > _LISTED else "")
         raise ItClustError(
             f"cell types with fewer than {min_cells_per_type} cells: {listed}; "
             "pass small_types='drop' to drop them or lower min_cells_per_type"

@@ -7,6 +7,7 @@ Bad input ends with exit status 1 (2 for a bad command line) and one line ``Erro
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -14,12 +15,13 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from ._errors import ItClustError, ItClustWarning
+from ._errors import ItClustError, ItClustWarning, cli_words
 from ._genes import normalize_organism
 from ._result import TABLE_FILES, UNASSIGNED
 
 INPUT_TYPES = ("auto", "counts", "lognorm", "tpm")  # kept here so the CLI starts without importing torch
 SCALES = ("auto", "reference", "own")
+SEED = click.IntRange(0, 2**32 - 1)  # what numpy and torch both take
 _DESCRIPTION_WIDTH = 48
 
 
@@ -39,7 +41,7 @@ class _OneLineErrors(click.Group):
         except ItClustError as err:
             if ctx.find_root().params.get("debug"):
                 raise
-            raise click.ClickException(_first_line(err)) from None
+            raise click.ClickException(cli_words(_first_line(err))) from None
         except Exception as err:  # an unexpected failure: still one line, the traceback behind --debug
             if ctx.find_root().params.get("debug"):
                 raise
@@ -47,11 +49,23 @@ class _OneLineErrors(click.Group):
                 f"{type(err).__name__}: {_first_line(err)} (run `itclust-hub --debug ...` for the traceback)") from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        """Run the CLI; click's own errors (usage, missing files) are also printed as one line."""
+        """Run the CLI; click's own errors (usage, missing files) are also printed as one line; a group
+        without a command prints its help; the library's logged warnings are ``Warning:`` lines."""
+        handler = _WarningLines()
+        logging.getLogger("itclust_hub").addHandler(handler)
+        try:
+            return self._main(args, prog_name, complete_var, standalone_mode, **extra)
+        finally:
+            logging.getLogger("itclust_hub").removeHandler(handler)
+
+    def _main(self, args, prog_name, complete_var, standalone_mode, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as err:  # a group given no command: its help, not an error
+            click.echo(err.ctx.get_help())
+            sys.exit(0)
         except click.UsageError as err:
             where = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
             click.echo(f"Error: {err.format_message()}{where}", err=True)
@@ -62,6 +76,16 @@ class _OneLineErrors(click.Group):
         except (click.exceptions.Abort, KeyboardInterrupt):
             click.echo("Aborted.", err=True)
             sys.exit(130)
+
+
+class _WarningLines(logging.Handler):
+    """Shows the library's logged warnings as one ``Warning: ...`` line each on stderr, in CLI words."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"Warning: {cli_words(record.getMessage())}", err=True)
 
 
 def _progress(no_progress: bool) -> bool | None:
@@ -194,6 +218,16 @@ def _write_h5ad(adata, path: Path) -> None:
         adata.write_h5ad(tmp, compression="gzip")
 
 
+def _new_paths(outputs: list[Path]) -> list[Path]:
+    """The outputs and the folders above them that do not exist yet, deepest first."""
+    new = {path for output in outputs for path in (output, *output.parents) if not path.exists()}
+    return sorted(new, key=lambda path: len(path.parts), reverse=True)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 @main.command()
 @click.argument("name")
 @click.argument("query", type=click.Path(path_type=Path))
@@ -212,27 +246,36 @@ def _write_h5ad(adata, path: Path) -> None:
 @click.option("--scale", type=click.Choice(SCALES), default="auto", show_default=True,
               help="Scale genes with the reference's statistics or the query's own (auto: own across species).")
 @click.option("--revision", help="Reference branch, tag or commit (like NAME@REVISION).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the fine-tuning.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed of the fine-tuning.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
+@click.option("--max-iter", type=click.IntRange(min=1),
+              help="Most self-training iterations (default: the library's, 30).")
+@click.option("--min-confidence", type=click.FloatRange(0, 1),
+              help="Least share of a cluster's cells starting as its type, else it is novel (default: 0.5).")
+@click.option("--min-similarity", type=click.FloatRange(-1, 1),
+              help="Least similarity of a cluster's expression to its type's, else it is novel (default: 0.3).")
+@click.option("--min-overlap", type=click.FloatRange(0, 1),
+              help="Least share of the reference's genes the query must measure (default: 0.05).")
 @click.option("--tables", type=click.Path(file_okay=False, path_type=Path),
               help="Also write labels.csv, probabilities.csv and clusters.csv into this folder.")
 @click.option("--report", type=click.Path(file_okay=False, path_type=Path),
               help="Also write figures (PNG) and summary.md into this folder.")
 @click.option("--truth-key", help="obs column with the query's own labels: adds a confusion heatmap to the report.")
-@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--force", is_flag=True, help="Overwrite the output files this command writes (nothing else).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (bars show only on a terminal anyway).")
 def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_organism, orthologs, scale,
-             revision, seed, device, tables, report, truth_key, force, no_progress) -> None:
+             revision, seed, device, max_iter, min_confidence, min_similarity, min_overlap, tables, report, truth_key,
+             force, no_progress) -> None:
     """Annotate QUERY with reference NAME and write the annotated OUT.h5ad.
 
     NAME is a registry name (see `itclust-hub list`), org/repo[@rev], a reference folder or a URL.
     QUERY is an .h5ad, 10x folder or .h5, .loom, or .csv/.tsv/.txt matrix. Nothing is overwritten
-    without --force.
+    without --force, and --force replaces only the files this command writes.
     """
     from ._io import read_query
     from ._model import ItClust
-    from ._report import (gene_overlap_text, input_type_text, label_counts, organism_text, refuse_overwrite,
-                          scale_text)
+    from ._outputs import check_output_files
+    from ._report import gene_overlap_text, input_type_text, label_counts, organism_text, scale_text
     from ._report import warnings as report_warnings
 
     if out.suffix != ".h5ad":
@@ -243,37 +286,49 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
         query_organism = normalize_organism(query_organism, what="--query-organism",
                                             hint="; for another, pass --orthologs a CSV with a column per organism")
     outputs = _planned_outputs(out, tables, report, markers=True, confusion=truth_key is not None)
-    refuse_overwrite(outputs, force)
-    model = ItClust.from_pretrained(name, revision=revision)
+    check_output_files(outputs, force=force, inputs=[p for p in (query, orthologs) if p is not None])
+    progress = _progress(no_progress)
+    model = ItClust.from_pretrained(name, revision=revision, progress=progress)
     adata = read_query(query, format=fmt)
     if truth_key is not None and truth_key not in adata.obs.columns:
         raise ItClustError(f"--truth-key {truth_key!r} is not an obs column of {query} "
                            f"(have {', '.join(map(str, adata.obs.columns)) or 'none'})")
+    settings = {key: value for key, value in {"max_iter": max_iter, "min_confidence": min_confidence,
+                                              "min_similarity": min_similarity, "min_overlap": min_overlap}.items()
+                if value is not None}
     with warnings.catch_warnings():  # printed below, with the report's
         warnings.simplefilter("ignore", ItClustWarning)
         result = model.transfer(adata, gene_key=gene_key, layer=layer, use_raw=use_raw, input_type=input_type,
                                 query_organism=query_organism, orthologs=orthologs, scale=scale, seed=seed,
-                                device=device, progress=_progress(no_progress))
-    written = []
-    if tables is not None:
-        written += result.write_tables(tables, force=force)
-    if report is not None:
-        written += result.report(report, adata=adata, model=model, truth_key=truth_key, force=force, layer=layer,
-                                 use_raw=use_raw, orthologs=orthologs, seed=seed)
-    _write_h5ad(result.to_adata(adata, copy=False), out)
-    written.insert(0, out)
+                                device=device, progress=progress, **settings)
+    written = [out]
+    new = _new_paths(outputs)
+    try:
+        if tables is not None:
+            written += result.write_tables(tables, force=force)
+        if report is not None:
+            written += result.report(report, adata=adata, model=model, truth_key=truth_key, force=force,
+                                     layer=layer, use_raw=use_raw, orthologs=orthologs, seed=seed)
+        _write_h5ad(result.to_adata(adata, copy=False), out)
+    except BaseException:  # a failure (or Ctrl-C) while writing leaves none of the files this run created
+        for path in new:
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+            elif path.is_file():
+                path.unlink()
+        raise
 
     prov = result.provenance
     revision_text = f" (revision {prov['revision'][:12]})" if prov.get("revision") else ""
     counts = label_counts(result)
     novel = result.clusters[result.clusters["novel"]]
-    click.echo(f"Annotated {len(result.obs):,} cells with {prov.get('reference')}{revision_text}")
+    click.echo(f"Annotated {_plural(len(result.obs), 'cell')} with {prov.get('reference')}{revision_text}")
     click.echo(f"Genes: {gene_overlap_text(prov)}")
     click.echo(f"Input type assumed: {input_type_text(prov)}")
     click.echo(f"Scaled with: {scale_text(prov)}")
     click.echo("Labels: " + ", ".join(f"{label} {n:,}" for label, n in counts["cells"].items()))
     click.echo(f"Novel clusters: {len(novel)} of {len(result.clusters)}"
-               + (f" ({novel['size'].sum():,} cells labelled Unassigned; nearest: "
+               + (f" ({_plural(int(novel['size'].sum()), 'cell')} labelled Unassigned; nearest: "
                   + ", ".join(novel["nearest_label"].astype(str).unique()) + ")" if len(novel) else ""))
     click.echo(f"Query organism: {organism_text(prov)}")
     if prov.get("empty_cells"):
@@ -281,7 +336,7 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
                    f"(labelled {UNASSIGNED}, left out of fine-tuning)")
     click.echo("Wrote: " + ", ".join(str(p) for p in written))
     for warning in report_warnings(result):
-        click.echo(f"Warning: {warning}", err=True)
+        click.echo(f"Warning: {cli_words(warning)}", err=True)
 
 
 @main.command()
@@ -299,26 +354,30 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
 @click.option("--use-raw", is_flag=True, help="Take expression values from .raw.")
 @click.option("--small-types", type=click.Choice(["error", "drop"]), default="error", show_default=True,
               help="What to do with cell types of too few cells: refuse, or drop them.")
+@click.option("--min-cells-per-type", type=click.IntRange(min=1),
+              help="Fewest cells a cell type needs (default: the library's, 2).")
 @click.option("--description", help="One-line description for the model card.")
 @click.option("--license", "license_", help="License of the reference (e.g. cc-by-4.0).")
 @click.option("--citation", help="Citation of the atlas for the model card.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the training.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed of the training.")
 @click.option("--pretrain-epochs", type=click.IntRange(min=1),
               help="Autoencoder epochs per stage (default: the library's).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Most supervised epochs (default: the library's).")
-@click.option("--force", is_flag=True, help="Overwrite an existing, non-empty output folder.")
+@click.option("--force", is_flag=True,
+              help="Replace the reference files in OUTPUT (a folder holding other files is refused).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (bars show only on a terminal anyway).")
-def train(atlas, label_key, name, out, organism, tissue, fmt, layer, use_raw, small_types, description, license_,
-          citation, seed, pretrain_epochs, epochs, force, no_progress) -> None:
+def train(atlas, label_key, name, out, organism, tissue, fmt, layer, use_raw, small_types, min_cells_per_type,
+          description, license_, citation, seed, pretrain_epochs, epochs, force, no_progress) -> None:
     """Train a reference on a labelled ATLAS (raw counts preferred) and save it to OUTPUT."""
+    from ._artifact import REFERENCE_FILES
     from ._io import read_query
+    from ._outputs import check_output_folder
     from ._registry import is_reference_name
     from ._train import train_reference
 
     if not is_reference_name(name):
         raise ItClustError(f"--name {name!r} is not a valid reference name (letters, digits, '-', '_', '.')")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ItClustError(f"{out} already exists and is not empty; pass --force to overwrite")
+    check_output_folder(out, REFERENCE_FILES, force=force, inputs=[atlas])
     if organism is not None:
         organism = normalize_organism(organism, what="--organism")
     adata = read_query(atlas, format=fmt, layer=layer, use_raw=use_raw)
@@ -326,7 +385,8 @@ def train(atlas, label_key, name, out, organism, tissue, fmt, layer, use_raw, sm
         raise ItClustError(f"--label-key {label_key!r} is not an obs column of {atlas} "
                            f"(have {', '.join(map(str, adata.obs.columns)) or 'none'})")
     metadata = {k: v for k, v in {"description": description, "license": license_, "citation": citation}.items() if v}
-    options = {k: v for k, v in {"pretrain_epochs": pretrain_epochs, "epochs": epochs}.items() if v is not None}
+    options = {k: v for k, v in {"pretrain_epochs": pretrain_epochs, "epochs": epochs,
+                                 "min_cells_per_type": min_cells_per_type}.items() if v is not None}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ItClustWarning)
         model = train_reference(adata, label_key, name, organism=organism, tissue=tissue, small_types=small_types,
@@ -337,7 +397,7 @@ def train(atlas, label_key, name, out, organism, tissue, fmt, layer, use_raw, sm
     click.echo(f"Saved to {path}; check it with `itclust-hub validate {path}`")
     for warning in caught:
         if issubclass(warning.category, ItClustWarning):
-            click.echo(f"Warning: {warning.message}", err=True)
+            click.echo(f"Warning: {cli_words(str(warning.message))}", err=True)
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
@@ -345,12 +405,15 @@ def train(atlas, label_key, name, out, organism, tissue, fmt, layer, use_raw, sm
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 def validate(folder) -> None:
-    """Check that FOLDER is a loadable reference: files, checksums, format version, shapes, genes, labels."""
-    from ._artifact import read_reference
+    """Check that FOLDER is a loadable reference: files, checksums, format version, shapes, genes, labels
+    (and for the copy bundled with itclust-hub, the index's checksums), as loading it checks them."""
     from ._model import ItClust
 
-    config, tensors, genes, labels = read_reference(folder)
-    model = ItClust(config, tensors, genes, labels)
+    if not folder.is_dir():
+        raise ItClustError(f"{folder} is not a reference folder; give the folder that save_pretrained or "
+                           "`itclust-hub train` wrote")
+    model = ItClust.from_pretrained(folder.resolve())
+    config = model.config
     has_card = (Path(folder) / "README.md").is_file()
     missing_card = "" if has_card else "; README.md (model card) is missing, push needs it"
     click.echo(f"OK {folder}: {model.name} version {config.get('version')}, {model.organism} {config.get('tissue')}, "

@@ -4,6 +4,7 @@ errors, train/validate, listing, and push/download/cache/info against the local 
 import functools
 import json
 import shutil
+from pathlib import Path
 
 import anndata as ad
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 
 import itclust_hub as ih
 from itclust_hub import _registry
+from itclust_hub._artifact import REFERENCE_FILES
 from itclust_hub.cli import main
 
 from _data import read
@@ -264,3 +266,205 @@ def test_push_download_cache_and_info_through_the_hub(hub, reference_dir, query_
     assert result.exit_code == 0 and result.stdout.startswith("Freed ") and "0 B" not in result.stdout
     assert run("cache", "ls").stdout.strip() == "No cached references."
     assert_one_line_error(run("download", "lab/missing"), "no repository lab/missing")
+
+
+# --- issue 20: --force replaces only what we wrote; outputs checked first; the CLI speaks CLI -------------
+
+def fake_training(monkeypatch):
+    """``train`` returns the session's small model at once (these tests are about where it is written)."""
+    import itclust_hub._train
+
+    monkeypatch.setattr(itclust_hub._train, "train_reference", lambda *args, **kwargs: small_model())
+
+
+def train_args(atlas, out, *extra):
+    return ["train", atlas, "--label-key", "cell_type1", "--name", "tiny", "-o", out, "--no-progress", *extra]
+
+
+def test_train_force_never_deletes_the_input_or_other_files(query_file, tmp_path, monkeypatch):
+    fake_training(monkeypatch)
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    atlas = Path(shutil.copy(query_file, proj / "atlas.h5ad"))
+    assert_one_line_error(run(*train_args(atlas, proj, "--force")), str(proj), "atlas.h5ad", "another")
+    assert atlas.read_bytes() == query_file.read_bytes()
+
+    ref = tmp_path / "ref"
+    assert run(*train_args(query_file, ref)).exit_code == 0
+    (ref / "notes.txt").write_text("mine")
+    assert_one_line_error(run(*train_args(query_file, ref, "--force")), "notes.txt", "new or empty folder")
+    assert (ref / "notes.txt").read_text() == "mine"
+
+    (ref / "notes.txt").unlink()
+    (ref / "labels.json").write_text("stale")
+    inode = ref.stat().st_ino
+    result = run(*train_args(query_file, ref, "--force"))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in ref.iterdir()) == sorted(REFERENCE_FILES)
+    assert ref.stat().st_ino == inode and run("validate", ref).exit_code == 0
+
+
+def test_save_pretrained_force_replaces_only_reference_files(tmp_path):
+    folder = small_model().save_pretrained(tmp_path / "ref")
+    (folder / "atlas.h5ad").write_text("the user's data")
+    with pytest.raises(ih.ItClustError, match="atlas.h5ad.*force=True replaces only"):
+        small_model().save_pretrained(folder, force=True)
+    assert (folder / "atlas.h5ad").read_text() == "the user's data"
+
+
+def test_train_into_the_current_folder(query_file, tmp_path, monkeypatch):
+    fake_training(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    for force in ([], ["--force"]):  # a new, empty folder; then replacing its reference files
+        result = run(*train_args(query_file, ".", *force))
+        assert result.exit_code == 0, result.output
+        assert f"Saved to {tmp_path}" in result.stdout and (tmp_path / "config.json").is_file()
+
+
+@pytest.mark.parametrize("case", ["-o under a file", "--report under a file", "--tables is -o", "-o is the query"])
+def test_transfer_outputs_are_checked_before_any_work(case, reference_dir, query_file, tmp_path, monkeypatch):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    out, extra, expected = tmp_path / "out.h5ad", [], []
+    if case == "-o under a file":
+        out, expected = afile / "out.h5ad", [f"{afile} is a file"]
+    elif case == "--report under a file":
+        extra, expected = ["--report", afile / "report"], [f"{afile} is a file"]
+    elif case == "--tables is -o":
+        extra, expected = ["--tables", out], ["its own path"]
+    else:
+        query = tmp_path / "query.h5ad"
+        shutil.copy(query_file, query)
+        out, extra, expected = query, ["--force"], ["is or holds the input"]
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the reference was loaded before the outputs were checked")
+
+    monkeypatch.setattr(ih.ItClust, "from_pretrained", must_not_load)
+    assert_one_line_error(run("transfer", reference_dir, out if case == "-o is the query" else query_file, "-o", out,
+                              *extra), *expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["afile"] + ["query.h5ad"] * (case == "-o is the query"))
+
+
+def test_train_output_is_checked_before_reading_the_atlas(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert_one_line_error(run(*train_args(tmp_path / "not-read.h5ad", afile / "ref")), f"{afile} is a file")
+
+
+def test_a_failed_write_leaves_no_partial_output(reference_dir, query_file, tmp_path, monkeypatch):
+    out, tables, report = tmp_path / "out.h5ad", tmp_path / "tables", tmp_path / "new" / "report"
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ih.TransferResult, "to_adata", fail)
+    result = run("transfer", reference_dir, query_file, "-o", out, "--tables", tables, "--report", report,
+                 "--no-progress")
+    assert result.exit_code == 1 and "disk full" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def bundled_copy(tmp_path, monkeypatch) -> Path:
+    """A copy of the packaged references (index and bundled folders) in place of the installed ones."""
+    folder = Path(shutil.copytree(_registry.REFERENCES_DIR, tmp_path / "references"))
+    monkeypatch.setattr(_registry, "REFERENCES_DIR", folder)
+    return folder
+
+
+def test_validate_checks_a_bundled_folder_as_loading_does(tmp_path, monkeypatch):
+    bundled = bundled_copy(tmp_path, monkeypatch) / "pancreas-human"
+    assert run("validate", bundled).stdout.startswith(f"OK {bundled}: pancreas-human")
+    with open(bundled / "README.md", "a") as card:
+        card.write("\nEdited.\n")
+    assert_one_line_error(run("validate", bundled), str(bundled / "README.md"), "reinstall")
+    with pytest.raises(ih.ItClustError, match="README.md does not match the index checksum"):
+        ih.ItClust.from_pretrained("pancreas-human")
+
+
+def test_api_words_become_cli_options(reference_dir, query_file, tmp_path):
+    out = tmp_path / "out.h5ad"
+    line = assert_one_line_error(run("transfer", reference_dir, query_file, "-o", out, "--use-raw"), "--use-raw")
+    assert "use_raw" not in line and "layer=" not in line
+    line = assert_one_line_error(run("transfer", reference_dir, query_file, "-o", out, "--gene-key", "nope"),
+                                 "--gene-key 'nope'")
+    line = assert_one_line_error(run("transfer", reference_dir, query_file, "-o", out, "--format", "text"),
+                                 "--format")
+    assert "format=" not in line
+    assert not out.exists()
+
+
+def test_every_option_the_messages_name_exists():
+    from itclust_hub._errors import _CLI_OPTIONS
+
+    options = {opt for command in main.commands.values() for param in command.params for opt in param.opts}
+    assert {o for o in _CLI_OPTIONS.values() if o.startswith("--")} <= options
+
+
+def test_cli_words():
+    from itclust_hub._errors import cli_words
+
+    assert cli_words("use_raw=True but no .raw; drop use_raw or pick a layer=") == \
+        "--use-raw but no .raw; drop --use-raw or pick a --layer"
+    assert cli_words("use device='cpu'; consider a larger max_iter.") == "use --device 'cpu'; consider a larger --max-iter."
+    assert cli_words("the reference format version; layer 'x' not found") == "the reference format version; layer 'x' not found"
+
+
+def test_not_converged_advice_names_an_option(reference_dir, query_file, tmp_path, monkeypatch):
+    from itclust_hub import _report
+
+    def unconverged(result):  # the 300 cells converge in one iteration; the advice is what is tested
+        result.provenance["converged"] = False
+        return original(result)
+
+    original = _report.warnings
+    monkeypatch.setattr(_report, "warnings", unconverged)
+    result = run("transfer", reference_dir, query_file, "-o", tmp_path / "out.h5ad", "--max-iter", "1",
+                 "--min-confidence", "0.6", "--no-progress")
+    assert result.exit_code == 0, result.output
+    provenance = json.loads(ad.read_h5ad(tmp_path / "out.h5ad").uns["itclust"]["provenance"])
+    assert provenance["settings"]["max_iter"] == 1 and provenance["settings"]["min_confidence"] == 0.6
+    assert any("a larger --max-iter" in w for w in result.stderr.splitlines())
+    assert "max_iter" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["transfer", "ref", "q.h5ad", "-o", "o.h5ad", "--seed", "-1"],
+                                  ["train", "a.h5ad", "--label-key", "x", "--name", "x", "-o", "o", "--seed", "-1"]])
+def test_negative_seed_is_a_usage_error(args):
+    assert_one_line_error(run(*args), "--seed", exit_code=2)
+
+
+@pytest.mark.parametrize("group", [[], ["cache"]])
+def test_a_group_alone_prints_its_help(group):
+    result = run(*group)
+    assert result.exit_code == 0 and result.stdout.startswith("Usage: ") and not result.stderr
+
+
+def test_duplicated_gene_names_are_one_line_of_ours(reference_dir, query_file, tmp_path):
+    query = ad.read_h5ad(query_file)
+    names = query.var_names.tolist()
+    names[1] = names[0]
+    query.var_names = names
+    path = tmp_path / "dup.h5ad"
+    query.write_h5ad(path)
+    result = run("transfer", reference_dir, path, "-o", tmp_path / "out.h5ad", "--no-progress")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "more than once" in line or "not unique" in line]
+    assert lines == [f"Warning: {path}: 1 gene name occurs more than once (e.g. {names[0]!r})"]
+    assert "UserWarning" not in result.stderr
+
+
+def test_a_label_key_unique_per_cell_is_one_short_line(query_file, tmp_path):
+    query = ad.read_h5ad(query_file)
+    query.obs["barcode"] = query.obs_names
+    path = tmp_path / "atlas.h5ad"
+    query.write_h5ad(path)
+    result = run("train", path, "--label-key", "barcode", "--name", "x", "-o", tmp_path / "ref")
+    line = assert_one_line_error(result, "--label-key 'barcode'", "different value for every one of its 300 cells")
+    assert len(line) < 200
+
+
+def test_counts_are_grammatical():
+    from itclust_hub.cli import _plural
+
+    assert (_plural(1, "cell"), _plural(2, "cell"), _plural(1836, "cell")) == ("1 cell", "2 cells", "1,836 cells")

@@ -142,6 +142,24 @@ def test_tampered_file_is_refused_and_cache_stays_consistent(published, hub, iso
     assert read_folder(resolve_reference("pancreas-test").path) == files
 
 
+@pytest.mark.parametrize("progress, shown", [(None, False), (False, False), (True, True)])
+def test_download_bars_follow_our_progress_setting(published, monkeypatch, progress, shown):
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    from itclust_hub import _hub
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(not are_progress_bars_disabled("huggingface_hub.snapshot_download"))
+        return snapshot_download(*args, **kwargs)
+
+    monkeypatch.setattr(_hub, "snapshot_download", recording)
+    resolve_reference("pancreas-test", progress=progress)  # None: bars only on a terminal, which pytest's stderr is not
+    assert seen and set(seen) == {shown}
+    assert not are_progress_bars_disabled("huggingface_hub.snapshot_download")  # as it was before
+
+
 def test_tampered_cache_offline_says_not_in_cache(published, hub, go_offline):
     _, commit = published
     hub.tamper("lab/pancreas-test", "genes.json", commit)
