@@ -1,7 +1,7 @@
 """Speed and memory of ``ItClust.transfer`` from 10k to 1M cells, with CellTypist's annotate as the yardstick.
 
-Queries are real Baron human pancreas cells (``../shared/data/baron_human_pancreas.h5ad``) resampled with
-replacement and made noisy by binomial thinning of their counts (each cell keeps a random 25-100% of its
+Queries are real Baron human pancreas cells (``baron_human_pancreas.h5ad`` in ``splits.DATA_DIR``) resampled
+with replacement and made noisy by binomial thinning of their counts (each cell keeps a random 25-100% of its
 UMIs), so they stay sparse raw counts with the real genes. Each query is written once to an ``.h5ad`` in
 ``--workdir`` and reused. Queries below ``--backed-from`` cells are read into memory; larger ones are opened
 with ``anndata.read_h5ad(path, backed="r")`` and transferred straight from disk.
@@ -42,9 +42,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from splits import DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "baron_human_pancreas.h5ad"
+DATA = DATA_DIR / "baron_human_pancreas.h5ad"
 BUNDLED = ROOT / "itclust_hub" / "references" / "pancreas-human"
 METHODS = ("itclust", "itclust-5iter", "celltypist-ref-genes", "celltypist-all-genes")
 FORCED = {"itclust-5iter": {"tol": -1.0, "max_iter": 5}}  # five full iterations whatever the convergence

@@ -1,4 +1,5 @@
-"""Evaluation pairs for the accuracy benchmark, built from the Baron pancreas data in ``shared/data``.
+"""Evaluation pairs for the accuracy benchmark, built from the Baron pancreas data in ``DATA_DIR``
+(the ``ITCLUST_HUB_DATA`` environment variable, default ``../shared/data``).
 
 Each generator yields ``Pair`` tuples ``(name, reference, label_key, query, truth, query_organism)``:
 the reference and the query are raw-count AnnData objects, ``truth`` the query's own labels (in its
@@ -10,6 +11,7 @@ onto one, for scoring only.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -18,7 +20,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_DIR = Path(os.environ.get("ITCLUST_HUB_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 FILES = {
     "human": "baron_human_pancreas.h5ad",
     "mouse": "baron_mouse_pancreas.h5ad",

@@ -14,25 +14,27 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps, patheffects
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import to_hex, to_rgba
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ._errors import ItClustError
 from ._result import UNASSIGNED
 
-UNASSIGNED_COLOR = "#b0b0b0"
+# A UMAP plot of more cells draws a random sample of this many: umap-learn took ~3 minutes on 100k cells (one
+# thread); the sample's picture of the clusters is the same and the plot is legible.
+UMAP_MAX_CELLS = 20_000
+UNASSIGNED_COLOR = "#d0d0d0"  # light grey, drawn beneath the types' colours; no type colour is grey
 NOVEL_COLOR = "#c0392b"
-NOVEL_ALPHA = 0.4
 CONFIDENCE_COLOR = "#1f4e79"
 SIMILARITY_COLOR = "#e08a1e"
 
 
 def _palette() -> list[str]:
-    """Distinct colours for cell types: tab20's saturated half first (faded colours must stay visible),
-    without its reds and greys, which mean novel and Unassigned here; then tab20b and tab20c."""
+    """Distinct colours for cell types: tab20's saturated half first, without its reds and greys, which mean
+    novel and Unassigned here; then tab20b and tab20c (without its greys)."""
     tab20 = [c for i, c in enumerate(colormaps["tab20"].colors) if i not in (6, 7, 14, 15)]
-    colors = tab20[0::2] + tab20[1::2] + list(colormaps["tab20b"].colors) + list(colormaps["tab20c"].colors)
+    colors = tab20[0::2] + tab20[1::2] + list(colormaps["tab20b"].colors) + list(colormaps["tab20c"].colors)[:16]
     return [to_hex(c) for c in colors]
 
 
@@ -52,18 +54,30 @@ def _label_order(result, labels) -> list[str]:
         [UNASSIGNED] if UNASSIGNED in present else [])
 
 
+def share_text(share: float) -> str:
+    """A share as a whole percentage; "<1%" rather than "0%" for a share above zero."""
+    return "<1%" if 0 < share < 0.01 else f"{share:.0%}"
+
+
 def _title(result) -> str:
     """First title line of every figure: reference, cells, clusters and how many are novel."""
     ref = result.provenance.get("reference", "reference")
     novel = result.obs["novel"].to_numpy()
     return (f"{ref} \u2192 query: {len(result.obs):,} cells, {len(result.clusters)} clusters, "
-            f"{int(result.clusters['novel'].sum())} novel ({novel.mean():.0%} of cells Unassigned)")
+            f"{int(result.clusters['novel'].sum())} novel ({share_text(novel.mean())} of cells Unassigned)")
 
 
 def _suptitle(fig: Figure, *lines: str, fontsize: float = 12) -> None:
     """A figure title of ``lines``, each wrapped to the figure's width."""
     chars = max(30, int(fig.get_figwidth() * 72 / (fontsize * 0.6)))
     fig.suptitle("\n".join(textwrap.fill(line, chars) for line in lines), fontsize=fontsize)
+
+
+def umap_cells(n_cells: int, seed: int = 0) -> np.ndarray:
+    """The cells a UMAP plot draws: all of them, or a random ``UMAP_MAX_CELLS`` (sorted) above that."""
+    if n_cells <= UMAP_MAX_CELLS:
+        return np.arange(n_cells)
+    return np.sort(np.random.default_rng(seed).choice(n_cells, UMAP_MAX_CELLS, replace=False))
 
 
 def umap_coordinates(embedding: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -94,37 +108,47 @@ def _groups(result) -> tuple[pd.Series, list[str], dict[str, str]]:
 def plot_umap(result, *, coords: np.ndarray | None = None, seed: int = 0) -> Figure:
     """UMAP of ``result.embedding``: left coloured by predicted label, right by cluster confidence.
 
-    Cells of novel clusters (``"Unassigned"``) keep the faded colour of the type their cluster grew
-    from and are drawn as crosses in the confidence panel. ``coords`` reuses precomputed 2-D
+    Cells of novel clusters (``"Unassigned"``) are light grey, drawn beneath the others, each novel cluster
+    named by the type it grew from in red, and drawn as crosses in the confidence panel. Above
+    ``UMAP_MAX_CELLS`` cells a random sample of that many is embedded and drawn (the title says so);
+    otherwise the coordinates of all cells are kept in ``result.umap``. ``coords`` reuses precomputed 2-D
     coordinates (cells x 2) instead of running UMAP.
     """
-    coords = umap_coordinates(result.embedding, seed) if coords is None else np.asarray(coords)
-    obs = result.obs
+    cells = np.arange(len(result.obs)) if coords is not None else umap_cells(len(result.obs), seed)
+    if coords is None:
+        coords = umap_coordinates(result.embedding[cells], seed)
+        if len(cells) == len(result.obs):
+            result.umap = coords
+    coords = np.asarray(coords)
+    obs = result.obs.iloc[cells]
     novel = obs["novel"].to_numpy(bool)
     colors = type_colors(result.probabilities.columns)
     size = float(np.clip(40000 / len(obs), 1.5, 25))
     fig = Figure(figsize=(15, 6.5), layout="constrained")
     ax_label, ax_conf = fig.subplots(1, 2)
     group, order, nearest = _groups(result)
+    group = group.iloc[cells]
     counts = group.value_counts()
     handles, tags = [], []
     for name in order:
         mask = (group == name).to_numpy()
-        faded = name not in colors
-        color, alpha = colors[nearest[name]], NOVEL_ALPHA if faded else 1
-        ax_label.scatter(coords[mask, 0], coords[mask, 1], s=size, c=color, alpha=alpha, linewidths=0, rasterized=True,
-                         zorder=1 if faded else 2)
-        handles.append(Line2D([], [], marker="o", linestyle="", color=color, alpha=alpha, markersize=7,
+        if not mask.any():
+            continue
+        unassigned = name not in colors
+        color = UNASSIGNED_COLOR if unassigned else colors[name]
+        ax_label.scatter(coords[mask, 0], coords[mask, 1], s=size, c=color, linewidths=0, rasterized=True,
+                         zorder=1 if unassigned else 2)
+        handles.append(Line2D([], [], marker="o", linestyle="", color=color, markersize=7,
                               label=f"{name} ({counts[name]:,})"))
-        tags.append((*np.median(coords[mask], axis=0), f"{nearest[name]}?" if faded else name,
-                     NOVEL_COLOR if faded else "black", counts[name]))
+        tags.append((coords[mask], f"{nearest[name]}?" if unassigned else name,
+                     NOVEL_COLOR if unassigned else "black", counts[name]))
     legend = ax_label.legend(handles=handles, title="predicted label (cells)", loc="center left",
                              bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8, title_fontsize=9,
                              ncols=1 if len(handles) <= 18 else 2)
-    for text, name in zip(legend.get_texts(), order):
-        if name not in colors:
+    for text, handle in zip(legend.get_texts(), handles):
+        if handle.get_label().startswith(UNASSIGNED):
             text.set_color(NOVEL_COLOR)
-    ax_label.set_title("Predicted label\n(faded, red \"type?\": novel cluster, labelled Unassigned)", fontsize=11)
+    ax_label.set_title("Predicted label\n(grey, red \"type?\": novel cluster, labelled Unassigned)", fontsize=11)
     confidence = obs["cluster_confidence"].to_numpy()
     for mask, marker in ((~novel, "o"), (novel, "x")):
         points = ax_conf.scatter(coords[mask, 0], coords[mask, 1], s=size * (1.6 if marker == "x" else 1),
@@ -145,29 +169,42 @@ def plot_umap(result, *, coords: np.ndarray | None = None, seed: int = 0) -> Fig
         ax.set_ylabel("UMAP 2")
         ax.set_xticks([])
         ax.set_yticks([])
-    _suptitle(fig, _title(result), "UMAP of the fine-tuned ItClust embedding")
+    what = "UMAP of the fine-tuned ItClust embedding"
+    if len(cells) < len(result.obs):
+        what += f" (a random {len(cells):,} of the {len(result.obs):,} cells; counts are of those drawn)"
+    _suptitle(fig, _title(result), what)
     _place_labels(fig, ax_label, tags)
     return fig
 
 
 def _place_labels(fig: Figure, ax, tags) -> None:
-    """Write ``(x, y, text, colour, weight)`` labels on ``ax``, heaviest first, each moved up or down
-    from its point until it overlaps no label placed before it."""
+    """Write ``(points, text, colour, weight)`` labels on ``ax``, heaviest first: each on the point nearest
+    its points' median, moved up or down until it overlaps no label placed before it and kept inside the
+    axes; a label moved off its point gets a thin line to it."""
     FigureCanvasAgg(fig)  # a renderer to measure the text with
     fig.draw_without_rendering()  # runs the layout, so axes have their final size
     renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
     placed = []
-    for x, y, text, color, _ in sorted(tags, key=lambda tag: -tag[4]):
-        label = ax.text(x, y, text, fontsize=8, ha="center", va="center", zorder=3, color=color,
+    for points, text, color, _ in sorted(tags, key=lambda tag: -tag[3]):
+        x, y = points[np.argmin(((points - np.median(points, axis=0)) ** 2).sum(1))]
+        label = ax.text(x, y, text, fontsize=8, ha="center", va="center", zorder=4, color=color,
                         path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")])
         anchor = ax.transData.transform((x, y))
         box = label.get_window_extent(renderer)
-        for step in range(1, 40):
-            if not any(box.overlaps(other) for other in placed):
-                break
+        inward = (max(frame.x0 + 2 - box.x0, 0) - max(box.x1 - frame.x1 + 2, 0),
+                  max(frame.y0 + 2 - box.y0, 0) - max(box.y1 - frame.y1 + 2, 0))
+        for step in range(0, 40):
             shift = box.height * 1.05 * ((step + 1) // 2) * (1 if step % 2 else -1)
-            label.set_position(ax.transData.inverted().transform(anchor + (0, shift)))
+            position = anchor + inward + (0, shift)
+            label.set_position(ax.transData.inverted().transform(position))
             box = label.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in placed):
+                break
+        if np.hypot(*(position - anchor)) > box.height:
+            ax.annotate("", (x, y), label.get_position(), zorder=3,
+                        arrowprops={"arrowstyle": "-", "color": color, "linewidth": 0.6, "shrinkA": 4, "shrinkB": 1})
         placed.append(box)
 
 
@@ -183,13 +220,13 @@ def plot_confidence(result) -> Figure:
     y = np.arange(n)
     fig = Figure(figsize=(12, 2.2 + 0.42 * n), layout="constrained")
     ax_size, ax_score = fig.subplots(1, 2, sharey=True, width_ratios=[1, 1.6])
-    ax_size.barh(y, clusters["size"], color=[to_rgba(colors[t], NOVEL_ALPHA if nov else 1)
+    ax_size.barh(y, clusters["size"], color=[UNASSIGNED_COLOR if nov else colors[t]
                                              for t, nov in zip(clusters["nearest_label"], clusters["novel"])])
     total = clusters["size"].sum()
     for yi, size in zip(y, clusters["size"]):
-        ax_size.text(size, yi, f" {size:,} ({size / total:.0%})", va="center", fontsize=8)
+        ax_size.text(size, yi, f" {size:,} ({share_text(size / total)})", va="center", fontsize=8)
     ax_size.set_xlim(0, clusters["size"].max() * 1.45)
-    ax_size.set_xlabel("cells in cluster")
+    ax_size.set_xlabel("cells in cluster (share of all; grey: novel)")
     ax_size.set_title("Cluster size")
     ax_size.set_yticks(y, [f"{k} \u2192 {t}" + ("  NOVEL" if nov else "")
                            for k, t, nov in zip(clusters.index, clusters["nearest_label"], clusters["novel"])])
@@ -266,9 +303,13 @@ def _group_stats(X, groups: np.ndarray, order: list[str]) -> tuple[np.ndarray, n
 
 
 def query_expression(result, adata, model, *, layer: str | None = None, use_raw: bool = False, orthologs=None):
-    """The query's log-normalised expression on the reference genes (CSR, cells x ``model.genes``) and
-    the mask of reference genes it measures, aligned exactly as the transfer did (same gene column,
-    input type and organism, from ``result.provenance``)."""
+    """The query's log-normalised expression on the reference genes (CSR, cells x ``model.genes``), the mask
+    of reference genes it measures and each reference gene's name in the query, aligned exactly as the
+    transfer did (same gene column, input type and organism, from ``result.provenance``).
+
+    A name is the query's own symbol for the gene (a mouse query's ``Sst`` for the reference's ``SST``,
+    through the transfer's orthologs); where the query is matched by Ensembl ID or lacks the gene, the
+    reference's symbol (R's ``HLA.DRA`` written ``HLA-DRA``)."""
     from ._query import prepare_query
 
     if adata.n_obs != len(result.obs) or not (adata.obs_names == result.obs.index).all():
@@ -280,7 +321,14 @@ def query_expression(result, adata, model, *, layer: str | None = None, use_raw:
         input_type=prov.get("input_type", "auto"), gene_key=None if source == "var_names" else source,
         layer=layer, use_raw=use_raw, query_organism=prov.get("query_organism"), orthologs=orthologs, min_overlap=0.0,
     )
-    return prepared.data.X, prepared.alignment.present
+    alignment = prepared.alignment
+    names = np.array([g.replace(".", "-") for g in model.genes], dtype=object)
+    if alignment.id_type == "symbol":
+        var = adata.raw.var if use_raw else adata.var
+        own = var.index if alignment.source == "var_names" else var[alignment.source]
+        rows, cols = alignment.matrix.nonzero()
+        names[cols] = np.asarray(own, dtype=str)[rows]
+    return prepared.data.X, alignment.present, names.tolist()
 
 
 def plot_markers(result, adata, model, *, n_genes: int = 3, layer: str | None = None, use_raw: bool = False,
@@ -288,19 +336,32 @@ def plot_markers(result, adata, model, *, n_genes: int = 3, layer: str | None = 
     """Dot plot of the reference's marker genes per predicted label, in the query's own expression.
 
     Markers are the reference's top ``n_genes`` genes per type (mean scaled expression minus that of the
-    other types), for the types the query's clusters grew from, among genes the query measures. Rows
-    are the predicted labels; dot size is the share of cells expressing the gene, colour its mean
-    log-normalised expression. ``layer``, ``use_raw`` and ``orthologs`` must be those of the transfer.
+    other types), for the types the query's clusters grew from, among genes the query measures, named as
+    the query names them (through the transfer's orthologs across species); top markers the query lacks
+    are listed under the plot. Rows are the predicted labels; dot size is the share of cells expressing
+    the gene, colour its mean log-normalised expression. ``layer``, ``use_raw`` and ``orthologs`` must be
+    those of the transfer.
     """
-    expression, present = query_expression(result, adata, model, layer=layer, use_raw=use_raw, orthologs=orthologs)
+    expression, present, names = query_expression(result, adata, model, layer=layer, use_raw=use_raw,
+                                                  orthologs=orthologs)
     types = [t for t in model.cell_types if t in set(result.clusters["nearest_label"])]
-    markers = marker_genes(model.type_profiles.numpy(), model.cell_types, types, n_genes, present)
-    return _dotplot(result, expression, model.genes, markers, model.organism)
+    profiles = model.type_profiles.numpy()
+    markers = marker_genes(profiles, model.cell_types, types, n_genes, present)
+    missing = {t: [names[g] for g in genes if not present[g]]
+               for t, genes in marker_genes(profiles, model.cell_types, types, n_genes).items()}
+    query_organism = result.provenance.get("query_organism", model.organism)
+    across = query_organism != model.organism
+    lines = ["reference marker genes as the query names them, grouped by the reference type they mark"
+             + (f" ({query_organism} genes matched to {model.organism} ones through one-to-one orthologs)" if across else "")]
+    unmeasured = ", ".join(f"{g} ({t})" for t, genes in missing.items() for g in genes)
+    if unmeasured:
+        lines.append(f"top markers the query lacks{' as one-to-one orthologs' * across}: {unmeasured}")
+    return _dotplot(result, expression, names, markers, lines)
 
 
-def _dotplot(result, expression, genes: list[str], markers: dict[str, list[int]], organism: str) -> Figure:
+def _dotplot(result, expression, genes: list[str], markers: dict[str, list[int]], caption: list[str]) -> Figure:
     """Draw the dot plot: a row per predicted label (novel clusters apart, by nearest type), columns the
-    ``markers`` positions in ``genes``."""
+    ``markers`` positions in ``genes`` (the names to show), ``caption`` lines under the axis."""
     columns = [g for t in markers for g in markers[t]]
     if not columns:
         raise ItClustError("no marker gene of the predicted types is measured in the query; nothing to plot")
@@ -331,7 +392,7 @@ def _dotplot(result, expression, genes: list[str], markers: dict[str, list[int]]
         ax.text((start + end - 1) / 2, 1.03, t, transform=above, ha="left", va="bottom", fontsize=8, rotation=30,
                 rotation_mode="anchor")
         start = end
-    ax.set_xlabel(f"reference marker genes ({organism} symbols), grouped by the reference type they mark")
+    ax.set_xlabel("\n".join(textwrap.fill(line, 150) for line in caption), fontsize=9)
     ax.set_ylabel("predicted label in the query (cells)")
     fig.colorbar(dots, ax=ax, shrink=0.6, aspect=15, label="mean log-normalised expression")
     sizes = [0.25, 0.5, 0.75, 1.0]

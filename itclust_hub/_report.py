@@ -11,6 +11,7 @@ import pandas as pd
 from . import _plot
 from ._errors import ItClustError
 from ._outputs import check_output_files
+from ._progress import progress_bar
 from ._result import UNASSIGNED, atomic_path
 
 UMAP_PNG = "umap.png"
@@ -166,14 +167,15 @@ def summary_markdown(result, figures: list[str], truth: pd.Series | None = None,
 
 def write_report(result, folder, *, adata=None, model=None, truth_key: str | None = None, force: bool = False,
                  layer: str | None = None, use_raw: bool = False, orthologs=None, n_genes: int = 3,
-                 seed: int = 0) -> list[Path]:
+                 seed: int = 0, progress: bool | None = None) -> list[Path]:
     """Write the report of ``result`` into ``folder`` and return the paths written.
 
     Always: ``umap.png``, ``cluster_confidence.png`` and ``summary.md``. With ``adata`` and ``model``:
     ``marker_dotplot.png`` (``layer``/``use_raw``/``orthologs`` as in the transfer). With ``adata`` and
     ``truth_key`` (an ``obs`` column of the query's own labels): ``confusion.png``. Nothing is
     overwritten unless ``force``, which replaces these files and nothing else in ``folder``; every path is
-    checked before anything is drawn.
+    checked before anything is drawn. A bar shows the figure being drawn (``progress``: None shows it on a
+    terminal only); above ``_plot.UMAP_MAX_CELLS`` cells the UMAP draws a random sample, as the summary says.
     """
     if truth_key is not None and adata is None:
         raise ItClustError("truth_key= needs adata=, the AnnData that holds that obs column")
@@ -189,6 +191,9 @@ def write_report(result, folder, *, adata=None, model=None, truth_key: str | Non
     figures = {UMAP_PNG: lambda: _plot.plot_umap(result, seed=seed),
                CONFIDENCE_PNG: lambda: _plot.plot_confidence(result)}
     notes = []
+    if len(result.obs) > _plot.UMAP_MAX_CELLS:
+        notes.append(f"The UMAP draws a random {_plot.UMAP_MAX_CELLS:,} of the {len(result.obs):,} cells (an "
+                     "embedding of every cell takes minutes and draws no clearer picture).")
     if draw_markers:
         figures[MARKERS_PNG] = lambda: _plot.plot_markers(result, adata, model, n_genes=n_genes, layer=layer,
                                                           use_raw=use_raw, orthologs=orthologs)
@@ -198,9 +203,12 @@ def write_report(result, folder, *, adata=None, model=None, truth_key: str | Non
     if truth_key is not None:
         truth = adata.obs[truth_key]
         figures[CONFUSION_PNG] = lambda: _plot.plot_confusion(result, truth, truth_key=truth_key)
-    for name, draw in figures.items():
-        with atomic_path(Path(folder) / name) as tmp:
-            draw().savefig(tmp, dpi=DPI)
+    with progress_bar(len(figures), progress, desc="report", unit="figure") as bar:
+        for name, draw in figures.items():
+            bar.set_postfix_str(name)
+            with atomic_path(Path(folder) / name) as tmp:
+                draw().savefig(tmp, dpi=DPI)
+            bar.update()
     with atomic_path(Path(folder) / SUMMARY_MD) as tmp:
         tmp.write_text(summary_markdown(result, list(figures), truth, truth_key, notes))
     return paths

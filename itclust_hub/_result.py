@@ -3,7 +3,6 @@ with ways to write them into an AnnData and to disk."""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -63,6 +62,9 @@ class TransferResult:
     provenance
         Reference name, version, revision, query organism (and how it was known), gene overlap, input type
         assumed, empty cells, warnings, iterations and settings.
+    umap
+        Cells x 2 UMAP of the embedding, the last that :meth:`plot_umap` or :meth:`report` computed for every
+        cell (None before, and when they drew a sample of a large query); :meth:`to_adata` keeps it.
     """
 
     obs: pd.DataFrame
@@ -70,6 +72,7 @@ class TransferResult:
     clusters: pd.DataFrame
     embedding: np.ndarray
     provenance: dict = field(default_factory=dict)
+    umap: np.ndarray | None = None
 
     @property
     def labels(self) -> pd.Series:
@@ -92,22 +95,32 @@ class TransferResult:
     def to_adata(self, adata, *, copy: bool = True, key: str = "itclust"):
         """Write the result into ``adata`` (a copy unless ``copy=False``) and return it.
 
-        Adds ``obs[f"{key}_label"]`` and the other per-cell columns, ``obsm[f"X_{key}"]`` (embedding),
-        ``obsm[f"{key}_probabilities"]`` and ``uns[key]`` (clusters table, cell types, provenance).
+        Adds ``obs[f"{key}_label"]`` and the other per-cell columns (labels and ``cluster`` categorical, so
+        scanpy colours them by category), ``obsm[f"X_{key}"]`` (embedding), ``obsm[f"{key}_probabilities"]``
+        and ``uns[key]`` (clusters table, cell types, provenance as a nested dict that ``write_h5ad`` can
+        store: None values left out). The UMAP of :attr:`umap`, when computed, goes to ``obsm["X_umap"]``
+        (to ``obsm[f"X_{key}_umap"]`` if ``adata`` has its own ``X_umap``). A backed ``adata`` is annotated
+        with ``copy=False`` (its ``X`` stays on disk).
         """
         if adata.n_obs != len(self.obs) or not (adata.obs_names == self.obs.index).all():
             raise ItClustError("the AnnData's cells differ from the annotated ones; pass the AnnData you transferred")
+        if copy and adata.isbacked:
+            raise ItClustError("the AnnData is backed (X on disk) and cannot be copied; pass copy=False to annotate "
+                               "it in place, or load it with adata.to_memory() first")
         adata = adata.copy() if copy else adata
         for col in self.obs.columns:
             adata.obs[f"{key}_{col}"] = self.obs[col].to_numpy()
         for col in ("label", "nearest_label", "source_label"):
             adata.obs[f"{key}_{col}"] = pd.Categorical(adata.obs[f"{key}_{col}"])
+        adata.obs[f"{key}_cluster"] = pd.Categorical(self.obs["cluster"].to_numpy(), categories=self.clusters.index)
         adata.obsm[f"X_{key}"] = self.embedding
         adata.obsm[f"{key}_probabilities"] = self.probabilities.to_numpy()
+        if self.umap is not None:
+            adata.obsm["X_umap" if "X_umap" not in adata.obsm else f"X_{key}_umap"] = self.umap
         adata.uns[key] = {
             "cell_types": list(self.probabilities.columns),
             "clusters": {c: self.clusters.reset_index()[c].to_numpy() for c in ["cluster", *self.clusters.columns]},
-            "provenance": json.dumps(self.provenance),
+            "provenance": _storable(self.provenance),
         }
         return adata
 
@@ -157,12 +170,24 @@ class TransferResult:
         """Write PNG figures and ``summary.md`` into ``folder``; returns the paths.
 
         Markers need ``adata`` and ``model``, the confusion heatmap ``adata`` and ``truth_key``; ``options``
-        (``layer``, ``use_raw``, ``orthologs``, ``n_genes``, ``seed``) go to
+        (``layer``, ``use_raw``, ``orthologs``, ``n_genes``, ``seed``, ``progress``) go to
         :func:`itclust_hub._report.write_report`.
         """
         from ._report import write_report
 
         return write_report(self, folder, adata=adata, model=model, truth_key=truth_key, force=force, **options)
+
+
+def _storable(value):
+    """``value`` (plain JSON-like data) as ``write_h5ad`` can store it: None left out, keys as strings, lists
+    of numbers or strings as arrays, other lists as dicts keyed by position."""
+    if isinstance(value, dict):
+        return {str(k): _storable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(v, (bool, int, float, str, np.generic)) for v in value):
+            return np.asarray(value)
+        return _storable(dict(enumerate(value)))
+    return str(value) if isinstance(value, Path) else value
 
 
 class atomic_path:

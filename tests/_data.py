@@ -1,27 +1,47 @@
-"""Real data for tests, read from ../shared/data; tests skip with a reason when it is absent."""
+"""Real data for tests: files shipped in ``examples/`` are read from there, the rest from the data folder
+(the ``ITCLUST_HUB_DATA`` environment variable, default ../shared/data). A test whose file is absent skips
+with a reason naming it, or fails under CI (``CI=true``); ``conftest.py`` sums the skips up in one line."""
 
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import anndata as ad
 import pytest
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from training.recipe import DATA_DIR as DATA
+from training.recipe import DATA_ENV
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ABSENT = "real data absent: "  # the start of every skip reason for a missing file (counted by conftest.py)
+
+
+def in_ci() -> bool:
+    """Whether the tests run under CI (``CI`` set to true, as CI services do)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def path(file: str) -> Path:
+    """Where the data file ``file`` is (``examples/`` first); skips the test when it is absent (fails under CI)."""
+    for folder in (EXAMPLES, DATA):
+        if (folder / file).is_file():
+            return folder / file
+    reason = f"{ABSENT}{file} not in {DATA}"
+    if in_ci():
+        pytest.fail(f"{reason}; under CI every data file must be present (set {DATA_ENV} to the data folder)")
+    pytest.skip(reason)
 
 
 def read(name: str) -> ad.AnnData:
-    """Read ``name``.h5ad from the shared data folder, or skip the test."""
-    path = DATA / f"{name}.h5ad"
-    if not path.exists():
-        pytest.skip(f"real data {path} is absent")
-    return _read(path).copy()
+    """A copy of ``name``.h5ad (see :func:`path`), read once per test session."""
+    return _read(path(f"{name}.h5ad")).copy()
 
 
 @functools.lru_cache(maxsize=None)
-def _read(path: Path) -> ad.AnnData:
-    return ad.read_h5ad(path)
+def _read(file: Path) -> ad.AnnData:
+    return ad.read_h5ad(file)
 
 
 @functools.lru_cache(maxsize=None)

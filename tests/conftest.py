@@ -1,9 +1,22 @@
 """Shared fixtures. Every test runs with its own Hugging Face home and a Hub endpoint that refuses
-connections, so no test can reach huggingface.co or touch the user's cache or token."""
+connections, so no test can reach huggingface.co or touch the user's cache or token. The run ends with
+one line on the tests skipped for want of real data."""
 
 import pytest
+from _data import ABSENT, DATA, DATA_ENV
 from huggingface_hub import constants
 from hub_server import HubServer, closed_endpoint
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line: how many tests skipped because a real-data file is absent, and how to point them at it."""
+    reasons = [r.longrepr[2] for r in terminalreporter.stats.get("skipped", []) if isinstance(r.longrepr, tuple)]
+    files = sorted({reason.split(ABSENT, 1)[1].split(" ")[0] for reason in reasons if ABSENT in reason})
+    if files:
+        n = sum(ABSENT in reason for reason in reasons)
+        terminalreporter.write_line(
+            f"{n} test{'s' * (n != 1)} skipped: real data {', '.join(files)} absent from {DATA}; set {DATA_ENV} "
+            f"to the folder holding them (CI=true makes a missing file fail)", yellow=True, bold=True)
 
 
 def _point_hub_at(monkeypatch, endpoint: str) -> None:

@@ -89,8 +89,11 @@ def test_transfer_end_to_end(reference_dir, query_file, tmp_path):
     assert annotated.obsm["X_itclust"].shape[0] == 300
     labels = annotated.obs["itclust_label"].astype(str)
     assert (labels == annotated.obs["cell_type1"]).mean() > 0.45  # the tiny model is weak; mixed-up labels score < 0.2
-    provenance = json.loads(annotated.uns["itclust"]["provenance"])
+    provenance = annotated.uns["itclust"]["provenance"]  # a nested dict, as scanpy users read uns
     assert provenance["reference"] == REFERENCE_NAME and provenance["input_type"] == "counts"
+    assert provenance["settings"]["seed"] == 0 and provenance["genes"]["n_overlap"] > 0
+    assert annotated.obs["itclust_cluster"].dtype == "category"  # scanpy colours categories, not a scale
+    assert annotated.obsm["X_umap"].shape == (300, 2)  # the report's UMAP, ready for sc.pl.umap
 
     table = (tables / "labels.csv").read_text().splitlines()
     assert len(table) == 301 and table[0].split(",")[1:3] == ["label", "nearest_label"]

@@ -68,6 +68,25 @@ def test_held_out_donor_accuracy_and_contract(model, query):
     assert "itclust_label" in annotated.obs and "X_itclust" in annotated.obsm and "itclust_label" not in query.obs
 
 
+def test_annotation_survives_h5ad_and_annotates_a_backed_anndata(model, query, tmp_path):
+    small = query[:200].copy()
+    result = model.transfer(small, progress=False)
+    small.write_h5ad(tmp_path / "query.h5ad")
+    backed = ad.read_h5ad(tmp_path / "query.h5ad", backed="r")
+    with pytest.raises(ItClustError, match="backed .*pass copy=False") as info:
+        result.to_adata(backed)
+    assert "\n" not in str(info.value)
+    result.to_adata(backed, copy=False).write_h5ad(tmp_path / "annotated.h5ad")
+    annotated = ad.read_h5ad(tmp_path / "annotated.h5ad")
+    assert (annotated.obs["itclust_label"].astype(str) == result.labels).all()
+    assert annotated.obs["itclust_cluster"].dtype == "category"
+    assert list(annotated.obs["itclust_cluster"].cat.categories) == list(result.clusters.index)
+    provenance = annotated.uns["itclust"]["provenance"]  # nested, None values left out
+    assert provenance["reference"] == result.provenance["reference"] and "revision" not in provenance
+    assert provenance["settings"]["min_confidence"] == result.provenance["settings"]["min_confidence"]
+    assert list(provenance["changed"]) == pytest.approx(result.provenance["changed"])
+
+
 def test_fine_tuning_does_not_lose_to_the_source_network(model, query):
     result = model.transfer(query, progress=False)
     truth = query.obs["cell_type1"].astype(str)

@@ -16,16 +16,15 @@ import scipy.sparse as sp
 from itclust_hub._errors import ItClustError
 from itclust_hub._io import read_query
 
-PBMC = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "pbmc3k_raw_unlabeled.h5ad"
+from _data import read
+
 N_CELLS, N_TEXT_GENES = 300, 2000
 
 
 @pytest.fixture(scope="module")
 def source() -> anndata.AnnData:
     """The first 300 PBMC cells, all 32,738 genes, raw counts, symbols as var_names and Ensembl IDs."""
-    if not PBMC.is_file():
-        pytest.skip(f"real data {PBMC} is absent; these tests need the PBMC 3k file from ../shared/data")
-    adata = anndata.read_h5ad(PBMC)[:N_CELLS].copy()
+    adata = read("pbmc3k_raw_unlabeled")[:N_CELLS].copy()
     adata.var = adata.var[["gene_ids"]]
     adata.obs = adata.obs.iloc[:, :0]
     return adata

@@ -4,6 +4,7 @@ say so, marker choice, agreement, and refusals."""
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex, to_rgba
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -86,7 +87,7 @@ def test_wrong_tissue_is_made_obvious(tmp_path):
     summary = _report.summary_markdown(result, [])
     assert "> **Warning:**" in summary and "judged novel" in summary
 
-    expression, present = _plot.query_expression(result, query, model)
+    expression, present, names = _plot.query_expression(result, query, model)
     assert expression.shape == (400, len(model.genes)) and present.mean() > 0.9
     islet = [model.genes.index(g) for g in ("INS", "SST") if g in model.genes]
     assert islet and (expression[:, islet] > 0).mean() < 0.05
@@ -150,3 +151,72 @@ def test_confidence_chart_marks_novel_clusters():
     ticks = {t.get_text(): t.get_color() for t in fig.axes[0].get_yticklabels()}
     assert ticks == {"1 \u2192 beta  NOVEL": _plot.NOVEL_COLOR, "0 \u2192 alpha": "black"}
     assert sorted(t.get_text() for t in fig.axes[1].texts) == ["low confidence", "renamed by expression"]
+
+
+def test_marker_dotplot_names_genes_as_the_query_does(mouse):
+    """Across species the columns are the query's genes (mouse Sst for the reference's SST), and top markers
+    without a one-to-one ortholog (INS: mouse Ins1 and Ins2) are named under the plot, not silently dropped."""
+    query, result = mouse
+    ax = result.plot_markers(query, small_model()).axes[0]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert "Sst" in ticks and set(ticks) <= set(query.var_names)
+    assert "mouse genes matched to human ones" in ax.get_xlabel() and "INS (beta)" in ax.get_xlabel()
+
+
+def test_marker_names_undo_r_mangled_symbols():
+    model = small_model()
+    query = subset("pbmc3k_raw_unlabeled", 50)
+    result = model.transfer(query, progress=False, max_iter=1)
+    _, present, names = _plot.query_expression(result, query, model)
+    mangled = [i for i, g in enumerate(model.genes) if g.startswith("HLA.")]
+    assert mangled and all(names[i] == model.genes[i].replace(".", "-") for i in mangled)  # HLA-DRA, not HLA.DRA
+    assert all(names[i] in set(query.var_names) for i in np.flatnonzero(present))
+
+
+def umap_result(n: int, seed: int = 0) -> TransferResult:
+    """``n`` cells of three well-separated types, the last type's cluster novel (Unassigned)."""
+    rng = np.random.default_rng(seed)
+    nearest = np.array(["alpha", "beta", "delta"])[np.arange(n) % 3]
+    result = synthetic_result(np.where(nearest == "delta", "Unassigned", nearest).tolist(), nearest.tolist(),
+                              (nearest == "delta").tolist())
+    result.embedding = rng.normal(size=(n, 8)) + 20 * (np.arange(n) % 3)[:, None]
+    return result
+
+
+def test_umap_draws_unassigned_grey_beneath_and_labels_inside(tmp_path):
+    result = umap_result(90)
+    fig = result.plot_umap()
+    ax = fig.axes[0]
+    faces = {tuple(np.round(c.get_facecolor()[0], 3)): c.get_zorder() for c in ax.collections}
+    grey = tuple(np.round(to_rgba(_plot.UNASSIGNED_COLOR), 3))
+    assert faces[grey] < min(z for face, z in faces.items() if face != grey)  # drawn beneath every type
+    assert result.umap.shape == (90, 2)  # every cell embedded: kept for to_adata
+    frame = ax.get_window_extent()
+    renderer = fig.canvas.get_renderer()
+    labels = [text for text in ax.texts if text.get_text()]  # leader lines are texts without words
+    for text in labels:
+        box = text.get_window_extent(renderer)
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, text
+    assert {t.get_text() for t in labels} == {"alpha", "beta", "delta?"}
+    colors = set(_plot.type_colors([f"type{i}" for i in range(60)]).values()) - {_plot.UNASSIGNED_COLOR}
+    assert not any(len(set(to_hex(c)[1:][i:i + 2] for i in (0, 2, 4))) == 1 for c in colors)  # no grey type colour
+
+
+def test_large_reports_sample_the_umap_and_show_progress(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(_plot, "UMAP_MAX_CELLS", 60)
+    result = umap_result(150)
+    result.report(tmp_path / "report", progress=True)
+    assert result.umap is None  # a sample's UMAP is not every cell's
+    assert "a random 60 of the 150 cells" in (tmp_path / "report" / "summary.md").read_text()
+    assert "report" in capsys.readouterr().err
+    assert "a random 60 of the 150 cells" in result.plot_umap().get_suptitle()
+
+
+def test_small_shares_are_not_written_as_zero_percent():
+    assert [_plot.share_text(s) for s in (0, 0.003, 0.009, 0.5)] == ["0%", "<1%", "<1%", "50%"]
+    result = umap_result(300)
+    result.obs.iloc[0, result.obs.columns.get_loc("cluster")] = 7
+    result.clusters = pd.concat([result.clusters, result.clusters.iloc[:1].rename(index={0: 7}).assign(size=1)])
+    result.clusters.loc[0, "size"] -= 1
+    texts = [t.get_text() for t in result.plot_confidence().axes[0].texts]
+    assert " 1 (<1%)" in texts and not any("(0%)" in t for t in texts)

@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("--force", action="store_true", help="overwrite an existing reference folder")
     make.add_argument("--data-dir", type=Path, default=DATA_DIR, help=f"where the recipe's data files are ({DATA_DIR})")
     make.add_argument("--progress", action="store_true", help="progress bar of the final fit")
-    check = commands.add_parser("verify", help="refit a reference and check it is bit-for-bit the bundled one")
+    check = commands.add_parser("verify", help="refit a reference and check it matches the bundled one (weights within a tolerance, same labels)")
     check.add_argument("recipe", help="recipe name or .json path")
     check.add_argument("--folder", type=Path, help="reference folder to compare with (default: the bundled one)")
     check.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where the recipe's data files are")
@@ -38,10 +38,10 @@ def main(argv=None) -> int:
         if args.command == "build":
             build(recipe, args.out, args.force, args.data_dir, progress=args.progress or None)
             return 0
-        same = verify(recipe, args.folder, args.data_dir)
-        for name, ok in same.items():
-            print(f"{name}: {'identical' if ok else 'DIFFERENT'}")
-        return 0 if all(same.values()) else 1
+        checks = verify(recipe, args.folder, args.data_dir)
+        for name, (passed, found) in checks.items():
+            print(f"{name}: {'ok' if passed else 'FAILED'}, {found}")
+        return 0 if all(passed for passed, _ in checks.values()) else 1
     except ItClustError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 1

@@ -25,6 +25,12 @@ from .recipe import DATA_DIR, BuildRecipe
 MODEL_CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
 COMPARED_FILES = ("model.safetensors", "genes.json", "labels.json", "config.json")
 TORCH_THREADS = 1
+# Largest difference between a refit's tensor and the bundled one, relative to the tensor's largest value, that
+# verify accepts. The bytes depend on the CPU model beyond torch's capability name (which kernels MKL/oneDNN and
+# SIMD reductions pick): a refit on an AVX2 AMD EPYC differed from the AVX512-built pancreas-human by up to
+# 8.5e-6 (centroids), another AVX512 machine by up to 1.2e-5 absolute; labels were the same on every cell.
+WEIGHT_TOLERANCE = 1e-4
+MACHINE_FIELDS = ("files", "training.torch_cpu_capability")  # config.json fields that record the machine's bytes
 
 
 @contextmanager
@@ -160,15 +166,15 @@ def build(recipe: BuildRecipe, out: Path | None = None, force: bool = False, dat
 
 
 def verify(recipe: BuildRecipe, folder: Path | None = None, data_dir: Path = DATA_DIR, scratch: Path | None = None,
-           progress: bool | None = None) -> dict[str, bool]:
-    """Refit the reference (no evaluation) and compare its files with ``folder`` (default: the bundled one).
+           progress: bool | None = None) -> dict[str, tuple[bool, str]]:
+    """Refit the reference (no evaluation) and compare it with ``folder`` (default: the bundled one).
 
-    Returns file name -> identical, for model.safetensors, genes.json, labels.json and config.json (the
-    card also needs the evaluation, which ``build`` reruns). ``scratch`` is a folder to write the refit to.
+    Returns check -> (passed, what was found) for genes.json and labels.json (the same bytes),
+    model.safetensors (every tensor within ``WEIGHT_TOLERANCE``), config.json (the same apart from
+    ``MACHINE_FIELDS``) and the labels both give the recipe's first cross-dataset query (the same on every
+    cell). The card also needs the evaluation, which ``build`` reruns. ``scratch`` is a folder for the refit.
     """
     import tempfile
-
-    from itclust_hub._artifact import sha256
 
     folder = Path(folder) if folder is not None else bundled_folder(recipe.name)
     atlas = read_atlas(recipe, data_dir)
@@ -176,5 +182,45 @@ def verify(recipe: BuildRecipe, folder: Path | None = None, data_dir: Path = DAT
         model = fit(recipe, atlas, progress)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         refit = model.save_pretrained(Path(tmp) / recipe.name, card="")
-        return {name: (folder / name).is_file() and sha256(folder / name) == sha256(refit / name)
-                for name in COMPARED_FILES}
+        checks = {name: _compare_file(refit / name, folder / name) for name in COMPARED_FILES}
+    for item in recipe.spec["evaluation"]["cross_dataset"][:1]:
+        query = read_data(data_dir, item["file"], item["label_key"], item["harmonise"], f"recipe {recipe.name}")
+        with torch_threads():
+            labels = [m.transfer(query, query_organism=item["query_organism"], progress=False,
+                                 **recipe.spec["evaluation"]["transfer"]).labels
+                      for m in (model, ih.ItClust.from_pretrained(folder))]
+        same = int((labels[0] == labels[1]).sum())
+        checks[f"labels of {item['name']}"] = (same == query.n_obs, f"{same:,} of {query.n_obs:,} cells the same")
+    return checks
+
+
+def _compare_file(refit: Path, bundled: Path) -> tuple[bool, str]:
+    """(passed, what was found) for one file of the refit against the bundled copy (see :func:`verify`)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    if not bundled.is_file():
+        return False, f"{bundled} is missing"
+    if refit.read_bytes() == bundled.read_bytes():
+        return True, "identical"
+    if refit.suffix == ".safetensors":
+        new, old = load_file(refit), load_file(bundled)
+        if new.keys() != old.keys() or any(new[k].shape != old[k].shape for k in old):
+            return False, "different tensors or shapes"
+        worst = max(float(np.abs(new[k] - old[k]).max() / max(np.abs(old[k]).max(), 1e-30)) for k in old if old[k].size)
+        return worst <= WEIGHT_TOLERANCE, f"largest difference {worst:.1e} of a tensor's largest value (tolerance {WEIGHT_TOLERANCE:g})"
+    if refit.name == "config.json":
+        new, old = (_without_machine_fields(json.loads(path.read_text())) for path in (refit, bundled))
+        return new == old, f"{'the same' if new == old else 'DIFFERENT'} apart from {', '.join(MACHINE_FIELDS)}"
+    return False, "DIFFERENT"
+
+
+def _without_machine_fields(config: dict) -> dict:
+    """``config`` without the fields of ``MACHINE_FIELDS`` (dotted paths)."""
+    for field in MACHINE_FIELDS:
+        *parents, last = field.split(".")
+        node = config
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(last, None)
+    return config

@@ -4,6 +4,7 @@ missing, unknown or mistyped field is a one-line error before any data is read."
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from itclust_hub._preprocess import INPUT_TYPES, Recipe
 from itclust_hub._registry import is_reference_name
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_ENV = "ITCLUST_HUB_DATA"  # names the data folder; default ../shared/data beside the repository
+DATA_DIR = Path(os.environ.get(DATA_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 _NUMBER = (int, float)
 CROSS_DATASET = {"name": str, "dataset": str, "file": str, "label_key": str, "query_organism": str,
