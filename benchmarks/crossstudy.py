@@ -210,8 +210,21 @@ def _provenance_columns(prediction: accuracy.Prediction) -> dict:
             "network_genes": prov["genes"]["n_overlap"], "context_genes": prov.get("context_genes", 0)}
 
 
-def run(pairs: list[CrossPair], seeds: list[int], names: list[str], data_dir: Path):
-    """Every runner on every pair for every seed; returns the scores, recall and novel-type tables."""
+def write(out: Path, rows: list[dict], recalls: list[pd.DataFrame], novels: list[pd.DataFrame]) -> pd.DataFrame:
+    """Write the scores to ``out`` and the recall and novel-type tables beside it; return the scores."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(rows)
+    for frame, path in ((table, out), (pd.concat(recalls, ignore_index=True) if recalls else pd.DataFrame(),
+                                       out.with_name(f"{out.stem}_recall.csv")),
+                        (pd.concat(novels, ignore_index=True) if novels else pd.DataFrame(),
+                         out.with_name(f"{out.stem}_novel.csv"))):
+        frame.to_csv(path, index=False)
+    return table
+
+
+def run(pairs: list[CrossPair], seeds: list[int], names: list[str], data_dir: Path, out: Path) -> pd.DataFrame:
+    """Every runner on every pair for every seed; the tables are (re)written to ``out`` after each pair, so an
+    interrupted run keeps the pairs it finished. Returns the scores."""
     from itclust_hub import ItClustError
 
     runners = accuracy.make_runners(names, splits.load_orthologs(data_dir), None)
@@ -243,8 +256,20 @@ def run(pairs: list[CrossPair], seeds: list[int], names: list[str], data_dir: Pa
                     print(f"seed {seed} {spec.name:<24} {method:<20} acc {row['accuracy']:.3f} "
                           f"F1 {row['macro_f1']:.3f} ARI {row['ari']:.3f}"
                           f"{'  (reused)' if reused else f'  {seconds:.0f}s'}{iterations}", flush=True)
-    return (pd.DataFrame(rows), pd.concat(recalls, ignore_index=True) if recalls else pd.DataFrame(),
-            pd.concat(novels, ignore_index=True) if novels else pd.DataFrame())
+        table = write(out, rows, recalls, novels)
+    return table
+
+
+def iterations(table: pd.DataFrame) -> str:
+    """Markdown: itclust-hub's fine-tuning iterations per seed and the share of labels changed at each
+    iteration (the run stops when it falls under ``tol``), per pair."""
+    ours = table[(table["method"] == "itclust-hub") & table["n_iter"].notna()]
+    lines = ["| pair | iterations (per seed) | labels changed per iteration (per seed) |", "|---|---|---|"]
+    for pair, runs in ours.groupby("pair", sort=False):
+        counts = " / ".join(str(int(n)) for n in runs["n_iter"])
+        changed = " / ".join(", ".join(f"{float(x):.2%}" for x in str(c).split()) for c in runs["changed"])
+        lines.append(f"| {pair} | {counts} | {changed} |")
+    return "\n".join(lines) + "\n"
 
 
 def select(names: list[str] | None) -> list[CrossPair]:
@@ -276,15 +301,12 @@ def main(argv=None) -> int:
         return 0
     accuracy.quiet_peers()
 
-    table, recall, novel = run(pairs, args.seeds, args.methods, args.data_dir)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
-    recall.to_csv(args.out.with_name(f"{args.out.stem}_recall.csv"), index=False)
-    novel.to_csv(args.out.with_name(f"{args.out.stem}_novel.csv"), index=False)
+    table = run(pairs, args.seeds, args.methods, args.data_dir, args.out)
     block = readme_table.table(table)
     if len(pairs) == len(PAIRS) and set(args.methods) == set(accuracy.RUNNERS) and not args.no_docs:
         readme_table.write_docs(block, "crossstudy")
     print(block)
+    print(iterations(table))
     print(f"wrote {args.out} and its _recall, _novel tables")
     return 0
 
