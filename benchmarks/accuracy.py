@@ -42,11 +42,13 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "accuracy.csv"
 
 @dataclass
 class Prediction:
-    """One method's labels for a query, with what it flags as possibly novel and its confidence."""
+    """One method's labels for a query, with what it flags as possibly novel, its confidence and (ItClust-hub)
+    the transfer's provenance (iterations, label changes per iteration)."""
 
     labels: np.ndarray
     flagged: np.ndarray | None = None
     confidence: np.ndarray | None = None
+    provenance: dict | None = None
 
 
 def _fingerprint(*arrays) -> str:
@@ -102,7 +104,7 @@ class ItClustRunner:
         low = obs["cluster_confidence"].to_numpy() < LOW_CONFIDENCE
         return {
             "itclust-hub": Prediction(labels, flagged=(labels == UNASSIGNED) | low,
-                                      confidence=obs["probability"].to_numpy()),
+                                      confidence=obs["probability"].to_numpy(), provenance=result.provenance),
             "itclust-hub nearest": Prediction(obs["nearest_label"].astype(str).to_numpy(), flagged=low),
             "itclust-hub source": Prediction(obs["source_label"].astype(str).to_numpy()),
         }
@@ -128,7 +130,7 @@ def score(pair: splits.Pair, prediction: Prediction) -> tuple[dict, pd.Series, p
     return row, recall, calibration
 
 
-def _make_runners(names: list[str], orthologs: pd.DataFrame, n_top_genes: int | None) -> dict:
+def make_runners(names: list[str], orthologs: pd.DataFrame, n_top_genes: int | None) -> dict:
     """Callables ``(pair, seed) -> (predictions, reused)`` for the requested runners."""
     runners, cache = {}, {}
     if "itclust" in names:
@@ -157,7 +159,7 @@ def run(seeds: list[int], names: list[str], data: splits.BaronData,
         n_top_genes: int | None = None) -> tuple[pd.DataFrame, ...]:
     """Every runner on every pair for every seed; returns (scores, recall, calibration) tables.
     ``n_top_genes`` overrides the length of the itclust-hub references' gene list (None: the default recipe's)."""
-    runners = _make_runners(names, data.orthologs, n_top_genes)
+    runners = make_runners(names, data.orthologs, n_top_genes)
     rows, recalls, calibrations = [], [], []
     for seed in seeds:
         for pair in splits.evaluation_pairs(data, seed):
@@ -210,6 +212,13 @@ def markdown(summary_table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def quiet_peers() -> None:
+    """Silence the peers' progress logs and their libraries' deprecation warnings."""
+    logging.getLogger("celltypist").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="n_jobs value .* overridden")
+
+
 def main(argv=None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -223,9 +232,7 @@ def main(argv=None) -> int:
     if missing:
         print(f"skipping the accuracy benchmark: {', '.join(missing)} not found in {args.data_dir}")
         return 0
-    logging.getLogger("celltypist").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message="n_jobs value .* overridden")
+    quiet_peers()
 
     table, recall, calibration = run(args.seeds, args.methods, splits.load_baron(args.data_dir), args.n_top_genes)
     args.out.parent.mkdir(parents=True, exist_ok=True)

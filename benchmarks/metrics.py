@@ -18,10 +18,13 @@ def accuracy(truth, predicted) -> float:
     return float(np.mean(np.asarray(truth) == np.asarray(predicted)))
 
 
-def macro_f1(truth, predicted) -> float:
-    """Unweighted mean of the per-type F1 over the types present in ``truth``."""
-    types = np.unique(np.asarray(truth))
-    return float(f1_score(truth, predicted, labels=types, average="macro", zero_division=0))
+def macro_f1(truth, predicted, min_cells: int = 1) -> float:
+    """Unweighted mean of the per-type F1 over the types with at least ``min_cells`` cells in ``truth``
+    (NaN when there is none); every cell still counts towards those types' precision."""
+    types, counts = np.unique(np.asarray(truth), return_counts=True)
+    if not (counts >= min_cells).any():
+        return float("nan")
+    return float(f1_score(truth, predicted, labels=types[counts >= min_cells], average="macro", zero_division=0))
 
 
 def ari(truth, predicted) -> float:

@@ -62,15 +62,17 @@ def missing_files(data_dir: Path = DATA_DIR) -> list[str]:
     return [name for name in FILES.values() if not (Path(data_dir) / name).exists()]
 
 
+def load_orthologs(data_dir: Path = DATA_DIR) -> pd.DataFrame:
+    """The one-to-one ortholog table: columns ``human`` and ``mouse`` (symbols)."""
+    table = pd.read_csv(Path(data_dir) / FILES["orthologs"], usecols=["human.gene.name", "gene.name"])
+    return table.rename(columns={"human.gene.name": "human", "gene.name": "mouse"})
+
+
 def load_baron(data_dir: Path = DATA_DIR) -> BaronData:
     """Read the Baron human and mouse pancreas data and the ortholog table."""
     data_dir = Path(data_dir)
-    table = pd.read_csv(data_dir / FILES["orthologs"], usecols=["human.gene.name", "gene.name"])
-    return BaronData(
-        human=ad.read_h5ad(data_dir / FILES["human"]),
-        mouse=ad.read_h5ad(data_dir / FILES["mouse"]),
-        orthologs=table.rename(columns={"human.gene.name": "human", "gene.name": "mouse"}),
-    )
+    return BaronData(human=ad.read_h5ad(data_dir / FILES["human"]), mouse=ad.read_h5ad(data_dir / FILES["mouse"]),
+                     orthologs=load_orthologs(data_dir))
 
 
 def harmonise(labels) -> np.ndarray:
@@ -84,7 +86,7 @@ def _pair(name, reference, query, query_organism=None) -> Pair:
                 query.obs[LABEL_KEY].astype(str).to_numpy(), query_organism)
 
 
-def _donor_split(adata: ad.AnnData, donor: str) -> tuple[ad.AnnData, ad.AnnData]:
+def donor_split(adata: ad.AnnData, donor: str) -> tuple[ad.AnnData, ad.AnnData]:
     """(cells of the other donors, cells of ``donor``), as copies."""
     held_out = (adata.obs[DONOR_KEY] == donor).to_numpy()
     return adata[~held_out].copy(), adata[held_out].copy()
@@ -93,7 +95,7 @@ def _donor_split(adata: ad.AnnData, donor: str) -> tuple[ad.AnnData, ad.AnnData]
 def lodo_pairs(data: BaronData) -> Iterator[Pair]:
     """Leave one donor out within Baron human: reference = two donors, query = the third."""
     for donor in sorted(data.human.obs[DONOR_KEY].unique()):
-        yield _pair(f"lodo:{donor}", *_donor_split(data.human, donor))
+        yield _pair(f"lodo:{donor}", *donor_split(data.human, donor))
 
 
 def cross_species_pairs(data: BaronData) -> Iterator[Pair]:
@@ -110,7 +112,7 @@ def fewer_gene_pairs(data: BaronData, seed: int) -> Iterator[Pair]:
     fraction, so every seed draws new panels.
     """
     donor = data.human.obs[DONOR_KEY].value_counts().idxmax()
-    reference, query = _donor_split(data.human, donor)
+    reference, query = donor_split(data.human, donor)
     for fraction in GENE_FRACTIONS:
         rng = np.random.default_rng([seed, round(fraction * 1000)])
         keep = np.sort(rng.choice(query.n_vars, size=round(fraction * query.n_vars), replace=False))
@@ -126,7 +128,7 @@ def novel_type_pairs(data: BaronData) -> Iterator[Pair]:
     for cell_type in NOVEL_TYPES:
         of_type = data.human.obs[LABEL_KEY] == cell_type
         donor = data.human.obs.loc[of_type, DONOR_KEY].value_counts().idxmax()
-        reference, query = _donor_split(data.human, donor)
+        reference, query = donor_split(data.human, donor)
         reference = reference[reference.obs[LABEL_KEY] != cell_type].copy()
         yield _pair(f"novel-{cell_type}:{donor}", reference, query)
 

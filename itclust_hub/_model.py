@@ -226,7 +226,10 @@ class ItClust:
             how). A query of another organism is mapped through the bundled one-to-one human/mouse table or
             ``orthologs`` (DataFrame or CSV, a column per organism).
         min_overlap
-            Least share of reference genes the query must measure.
+            Least number of genes the reference reads that the query must measure, as a share of the
+            reference genes: its reference genes count and, for a query measuring under half of them (a
+            targeted panel), its context genes too. A query that reaches it only with context genes
+            transfers with a warning.
         scale
             Per-gene statistics the query is scaled with: ``"reference"`` (the reference's mean and standard
             deviation: the same yardstick as the training cells, so the query's cell-type composition does

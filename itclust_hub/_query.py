@@ -4,6 +4,7 @@ chunk by chunk."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,23 +183,28 @@ def prepare_query(
     check_values(sample)
     used, detected = resolve_input_type(input_type, sample)
     size = _chunk_cells(sample, memory_budget)
-    align = lambda symbols, ids, totals, least: align_genes(  # noqa: E731
-        var, var_names, symbols, _ids(ids), gene_key=gene_key, rename=rename, gene_totals=totals, min_overlap=least)
-    alignment = align(genes, gene_ids, None, min_overlap)
+    align = lambda symbols, ids, totals: align_genes(  # noqa: E731
+        var, var_names, symbols, _ids(ids), gene_key=gene_key, rename=rename, gene_totals=totals, min_overlap=0.0)
+
+    def align_both(totals):  # the reference genes, then (a panel) the context genes the query measures
+        alignment = align(genes, gene_ids, totals)
+        if context is None or not len(context[0]) or alignment.n_overlap >= CONTEXT_MAX_OVERLAP * alignment.n_reference:
+            return alignment, None
+        try:
+            return alignment, align(context[0], context[1], totals)
+        except ItClustError:  # the query measures none of the context genes
+            return alignment, None
+
+    alignment, context_alignment = align_both(None)
+    _check_readable(alignment, context_alignment, min_overlap)
     gene_totals = None
     if alignment.n_duplicates:  # which copy of a duplicated gene is most expressed: one extra pass
         gene_totals = np.zeros(len(var_names))
         for chunk in _chunks(X, n_obs, size):
             check_values(chunk)
             gene_totals += np.asarray(chunk.sum(axis=0)).ravel()
-        alignment = align(genes, gene_ids, gene_totals, min_overlap)
+        alignment, context_alignment = align_both(gene_totals)
     n_ref = alignment.n_reference
-    context_alignment = None
-    if context is not None and len(context[0]) and alignment.n_overlap < CONTEXT_MAX_OVERLAP * n_ref:
-        try:
-            context_alignment = align(context[0], context[1], gene_totals, 0.0)
-        except ItClustError:  # the query measures none of the context genes
-            context_alignment = None
     columns = _column_map(alignment, context_alignment)
     depth_share = None
     if context_alignment is not None and shares is not None and used != "lognorm":
@@ -244,6 +250,24 @@ def prepare_query(
     data = ScaledMatrix(X_aligned, mean, std, recipe.max_value, dense_budget=min(DENSE_BUDGET_BYTES, memory_budget))
     return PreparedQuery(data, alignment, choice, used, detected, scale, empty,
                          None if context_alignment is None else context_alignment.present, depth_share)
+
+
+def _check_readable(alignment: GeneAlignment, context: GeneAlignment | None, min_overlap: float) -> None:
+    """Refuse a query measuring fewer than ``min_overlap`` x the number of reference genes of the genes the
+    reference reads (its reference genes and context genes); warn when only its context genes carry it there."""
+    n_ref, n_network = alignment.n_reference, alignment.n_overlap
+    n_context = 0 if context is None else context.n_overlap
+    least = int(np.ceil(min_overlap * n_ref))
+    if n_network + n_context < least:
+        raise ItClustError(
+            f"only {n_network + n_context} genes the reference reads are in the query ({n_network} of its {n_ref} "
+            f"reference genes, {n_context} context genes), below the minimum {least} ({min_overlap:.0%} of "
+            f"{n_ref}); check gene names, gene_key=... or query_organism=...")
+    if n_network < least:
+        warnings.warn(
+            f"the query measures only {n_network} of the reference's {n_ref} genes ({n_network / n_ref:.1%}); it is "
+            f"read through {n_context} context genes too, and labels are less reliable at this overlap "
+            "(accuracy against overlap: the cross-study benchmark in benchmarks/RESULTS.md)", UserWarning, stacklevel=4)
 
 
 def _ids(gene_ids: list[str | None] | None) -> list[str] | None:

@@ -5,10 +5,12 @@ mean a query would otherwise have there, and a panel's other genes (context gene
 import copy
 
 import numpy as np
+import pytest
 import torch
 from sklearn.metrics import accuracy_score
 
 import itclust_hub as ih
+from itclust_hub import ItClustError
 from itclust_hub._impute import fill_missing, gene_loadings, impute_missing, latent_map
 from itclust_hub._network import Encoder
 from itclust_hub._query import prepare_query
@@ -116,3 +118,35 @@ def test_a_panels_cells_are_normalised_to_their_whole_transcriptome_depth():
     said = gene_overlap_text(prepared[0].summary())  # the CLI's and the report's gene line
     assert f"hold {prepared[0].depth_share:.0%} of a reference cell's expression" in said
     assert errors[0] < 0.5 * errors[1]
+
+
+def _marker_panel(adata, genes, size: int) -> list[str]:
+    """The ``size`` of ``genes`` whose mean log expression differs most between ``adata``'s cell types."""
+    import scanpy as sc
+
+    lognorm = adata[:, adata.var_names.isin(genes)].copy()
+    sc.pp.normalize_total(lognorm, target_sum=1e4)
+    sc.pp.log1p(lognorm)
+    means = sc.get.aggregate(lognorm, by="cell_type1", func="mean").to_df(layer="mean")
+    return list((means.max() - means.min()).sort_values(ascending=False).index[:size])
+
+
+def test_a_220_gene_panel_is_read_through_its_context_genes_and_a_panel_without_them_is_refused():
+    model = small_reference()  # trained without human3
+    human = read("baron_human_pancreas")
+    held_out = human[human.obs["donor"] == "human3"].copy()
+    least = int(np.ceil(0.05 * len(model.genes)))  # transfer's default min_overlap
+    network = _marker_panel(held_out, model.genes, least - 30)  # under the minimum on the reference genes alone
+    context = _marker_panel(held_out, model.context_genes, 220 - len(network))
+    panel = held_out[:, held_out.var_names.isin(network + context)].copy()
+    with pytest.warns(UserWarning, match=rf"only {len(network)} of the reference's {len(model.genes)} genes"):
+        result = model.transfer(panel, progress=False)
+    genes = result.provenance["genes"]
+    accuracy = accuracy_score(panel.obs["cell_type1"].astype(str), result.obs["nearest_label"])
+    print(f"{panel.n_vars}-gene panel: {genes['n_overlap']} reference and {result.provenance['context_genes']} "
+          f"context genes, accuracy {accuracy:.3f}")
+    assert genes["n_overlap"] == len(network) < least and result.provenance["context_genes"] == len(context)
+    assert accuracy > 0.8
+    too_few = held_out[:, held_out.var_names.isin(network[:20] + context[:100])].copy()
+    with pytest.raises(ItClustError, match=rf"only 120 genes the reference reads .* below the minimum {least}"):
+        model.transfer(too_few, progress=False)
