@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from ._errors import ItClustError
 from ._format import check_format
+from ._ontology import check_ontology
 
 CHECKED_FILES = ("model.safetensors", "genes.json", "labels.json")
 REFERENCE_FILES = ("config.json", *CHECKED_FILES, "README.md")
@@ -146,4 +147,5 @@ def read_reference(folder) -> tuple[dict, dict[str, torch.Tensor], dict, dict]:
             raise ItClustError(f"genes.json lists {len(genes[ids])} Ensembl IDs of {what}, config says {n}")
     if len(labels.get("cell_types", [])) != n_types or len(labels.get("counts", [])) != n_types:
         raise ItClustError(f"labels.json does not list {n_types} cell types with counts as config says")
+    check_ontology(labels.get("ontology"), labels["cell_types"], str(folder / "labels.json"))  # optional
     return config, tensors, genes, labels

@@ -209,6 +209,8 @@ def _write_h5ad(adata, path: Path) -> None:
 @click.option("--scale", type=click.Choice(SCALES), default="auto", show_default=True,
               help="Scale genes with the reference's statistics or the query's own (auto: own across species).")
 @click.option("--revision", help="Reference branch, tag or commit (like NAME@REVISION).")
+@click.option("--level", type=click.Choice(["fine", "coarse"]), default="fine", show_default=True,
+              help="Label resolution: the reference's own types, or their coarse parents (e.g. CD4 T).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the fine-tuning.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
 @click.option("--tables", type=click.Path(file_okay=False, path_type=Path),
@@ -219,7 +221,7 @@ def _write_h5ad(adata, path: Path) -> None:
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (bars show only on a terminal anyway).")
 def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_organism, orthologs, scale,
-             revision, seed, device, tables, report, truth_key, force, no_progress) -> None:
+             revision, level, seed, device, tables, report, truth_key, force, no_progress) -> None:
     """Annotate QUERY with reference NAME and write the annotated OUT.h5ad.
 
     NAME is a registry name (see `itclust-hub list`), org/repo[@rev], a reference folder or a URL.
@@ -242,7 +244,7 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
         raise ItClustError(f"--truth-key {truth_key!r} is not an obs column of {query} "
                            f"(have {', '.join(map(str, adata.obs.columns)) or 'none'})")
     result = model.transfer(adata, gene_key=gene_key, layer=layer, use_raw=use_raw, input_type=input_type,
-                            query_organism=query_organism, orthologs=orthologs, scale=scale, seed=seed,
+                            query_organism=query_organism, orthologs=orthologs, scale=scale, level=level, seed=seed,
                             device=device, progress=_progress(no_progress))
     written = []
     if tables is not None:
