@@ -358,7 +358,7 @@ def train_reference(
     ontology
         Optional Cell Ontology terms of each cell type at two resolutions, stored in ``labels.json``:
         ``{label: {"id": "CL:0000895", "coarse": "CD4 T", "coarse_id": "CL:0000624"}}`` (ids may be
-        ``None``). Every kept type needs an entry; entries of dropped types are ignored. With it,
+        ``None``). Every kept type needs an entry; entries of other labels (dropped, absent) are ignored. With it,
         ``transfer(level="coarse")`` reports the coarse labels.
     distributed
         Train data-parallel with the other processes started by ``torchrun`` (DistributedDataParallel,
@@ -374,7 +374,7 @@ def train_reference(
     recipe = recipe or Recipe()
     codes, types, dropped = _label_codes(adata, label_key, min_cells_per_type, small_types)
     if ontology is not None:
-        ontology = check_ontology({t: v for t, v in ontology.items() if t not in dropped}, types, "ontology")
+        ontology = check_ontology({t: v for t, v in ontology.items() if t in types}, types, "ontology")
     replica = _replica(distributed)
     rng = _seed_everything(seed)
     atlas = scan_atlas(adata, codes, types, recipe, input_type, replica.shard())

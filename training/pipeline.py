@@ -65,6 +65,10 @@ def read_atlas(recipe: BuildRecipe, data_dir: Path = DATA_DIR) -> ad.AnnData:
     data = recipe.spec["data"]
     adata = read_data(data_dir, data["file"], data["label_key"], recipe.spec["labels"]["harmonise"],
                       f"recipe {recipe.name}")
+    stray = sorted(set(recipe.spec["labels"]["ontology"]) - set(adata.obs[data["label_key"]]))
+    if stray:
+        raise ItClustError(f"recipe {recipe.name}: labels.ontology names {stray[0]!r}, which is not a {data['label_key']} "
+                           f"label of {data['file']} (after labels.harmonise)")
     held = recipe.spec["evaluation"]["held_out"]
     group_key = held and held["group_key"]
     if group_key is not None and group_key not in adata.obs.columns:
