@@ -149,15 +149,18 @@ def _network_section(config: dict) -> list[str]:
     return lines + [""]
 
 
-def _cross_details(cross: dict) -> str:
-    """Per-type recall of a cross-dataset query and the share of its cells of unknown types called Unassigned."""
+def _cross_details(cross: dict) -> list[str]:
+    """Per-type recall of a cross-dataset query and the share of its cells of unknown types called Unassigned
+    (none where the evaluation does not hold them)."""
+    if not cross.get("per_type"):
+        return []
     recall = ", ".join(f"{t} {c['correct'] / c['cells']:.2f} ({c['cells']})" for t, c in cross["per_type"].items())
     text = f"- {cross['name']}: recall of the nearest reference type per type (cells): {recall}."
     flagged = cross.get("unknown_flagged") or {}
     if flagged:
         text += (" Cells of types the reference lacks called Unassigned: "
                  + ", ".join(f"{t} {share:.2f} of {cross['unknown_types'][t]}" for t, share in flagged.items()) + ".")
-    return text
+    return [text]
 
 
 def _evaluation_section(evaluation: dict) -> list[str]:
@@ -184,7 +187,8 @@ def _evaluation_section(evaluation: dict) -> list[str]:
         rows = [[c["name"], c["query_organism"], c.get("level", "fine"), f"{c['gene_overlap']:.2f}",
                  f"{c['n_scored']}/{c['n_cells']}", *_scores_row(c)] for c in evaluation["cross_dataset"]]
         lines += _table(["query", "organism", "level", "gene overlap", "cells scored", *SCORE_HEADER], rows) + [""]
-        lines += [_cross_details(c) for c in evaluation["cross_dataset"]] + [""]
+        details = [line for c in evaluation["cross_dataset"] for line in _cross_details(c)]
+        lines += [*details, ""] if details else []
     settings = ", ".join(f"{k}={v}" for k, v in evaluation.get("transfer", {}).items())
     return lines + [f"Transfer settings: defaults of `ItClust.transfer`{', ' + settings if settings else ''}.", ""]
 
