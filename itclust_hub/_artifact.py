@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from ._errors import ItClustError
 from ._format import check_format
 from ._outputs import check_output_folder
+from ._ontology import check_ontology
 
 CHECKED_FILES = ("model.safetensors", "genes.json", "labels.json")
 REFERENCE_FILES = ("config.json", *CHECKED_FILES, "README.md")
@@ -150,4 +151,5 @@ def read_reference(folder) -> tuple[dict, dict[str, torch.Tensor], dict, dict]:
             raise ItClustError(f"{folder / 'genes.json'} lists {len(genes[ids])} Ensembl IDs of {what}, config says {n}")
     if len(labels.get("cell_types", [])) != n_types or len(labels.get("counts", [])) != n_types:
         raise ItClustError(f"{folder / 'labels.json'} does not list {n_types} cell types with counts as config says")
+    check_ontology(labels.get("ontology"), labels["cell_types"], str(folder / "labels.json"))  # optional
     return config, tensors, genes, labels

@@ -44,9 +44,10 @@ def _front_matter(config: dict, evaluation: dict | None) -> list[str]:
         dataset = datasets[0] if datasets else config["name"]
         held = evaluation["held_out"]
         lines += ["model-index:", f"- name: {_quoted(config['name'])}", "  results:"]
-        lines += _metric_block(f"Cell-type annotation, leave-one-{held['group_key']}-out", dataset,
-                               f"{meta.get('data_name', config['name'])}, held-out {held['group_key']}s (mean)",
-                               held["mean"])
+        if held:
+            lines += _metric_block(f"Cell-type annotation, leave-one-{held['group_key']}-out", dataset,
+                                   f"{meta.get('data_name', config['name'])}, held-out {held['group_key']}s (mean)",
+                                   held["mean"])
         for cross in evaluation["cross_dataset"]:
             lines += _metric_block(f"Cell-type annotation, {cross['query_organism']} query", cross["dataset"],
                                    cross["name"], cross)
@@ -73,8 +74,15 @@ def _genes_text(config: dict, genes: dict | None) -> str:
     return text + "."
 
 
+def _ontology_text(entry: dict | None) -> list[str]:
+    """The Cell Ontology columns of a type's row: its id, its coarse label and the coarse id."""
+    if entry is None:
+        return []
+    return [entry["id"] or "-", entry["coarse"], entry["coarse_id"] or "-"]
+
+
 def _training_section(config: dict, cell_types: list[str], counts: list[int], genes: dict | None,
-                      per_type: dict | None) -> list[str]:
+                      per_type: dict | None, ontology: dict | None = None) -> list[str]:
     meta, train = config.get("metadata", {}), config.get("training", {})
     lines = ["## Training data", ""]
     if meta.get("data_name"):
@@ -82,12 +90,17 @@ def _training_section(config: dict, cell_types: list[str], counts: list[int], ge
                   + (f", GEO {', '.join(meta['datasets'])}" if meta.get("datasets") else "") + ".", ""]
     lines += [f"{config['n_cells']} cells, {len(cell_types)} cell types (labels from `{train.get('label_key', '?')}`), "
               f"{_genes_text(config, genes)}", ""]
+    terms = ["Cell Ontology id", "coarse label", "coarse id"] if ontology else []
     if per_type:
-        rows = [[t, n, f"{per_type[t]['correct'] / per_type[t]['cells']:.2f} ({per_type[t]['cells']})"
+        rows = [[t, n, *_ontology_text(ontology and ontology[t]),
+                 f"{per_type[t]['correct'] / per_type[t]['cells']:.2f} ({per_type[t]['cells']})"
                  if per_type.get(t, {}).get("cells") else "-"] for t, n in zip(cell_types, counts)]
-        lines += _table(["cell type", "cells", "held-out recall (cells)"], rows)
+        lines += _table(["cell type", "cells", *terms, "held-out recall (cells)"], rows)
     else:
-        lines += _table(["cell type", "cells"], [[t, n] for t, n in zip(cell_types, counts)])
+        lines += _table(["cell type", "cells", *terms],
+                        [[t, n, *_ontology_text(ontology and ontology[t])] for t, n in zip(cell_types, counts)])
+    if ontology:
+        lines += ["", "`transfer(level=\"coarse\")` (CLI `--level coarse`) reports the coarse labels."]
     dropped = train.get("dropped_types") or {}
     if dropped:
         lines += ["", f"Left out for having fewer than {train.get('min_cells_per_type')} cells: "
@@ -136,23 +149,46 @@ def _network_section(config: dict) -> list[str]:
     return lines + [""]
 
 
+def _cross_details(cross: dict) -> list[str]:
+    """Per-type recall of a cross-dataset query and the share of its cells of unknown types called Unassigned
+    (none where the evaluation does not hold them)."""
+    if not cross.get("per_type"):
+        return []
+    recall = ", ".join(f"{t} {c['correct'] / c['cells']:.2f} ({c['cells']})" for t, c in cross["per_type"].items())
+    text = f"- {cross['name']}: recall of the nearest reference type per type (cells): {recall}."
+    flagged = cross.get("unknown_flagged") or {}
+    if flagged:
+        text += (" Cells of types the reference lacks called Unassigned: "
+                 + ", ".join(f"{t} {share:.2f} of {cross['unknown_types'][t]}" for t, share in flagged.items()) + ".")
+    return [text]
+
+
 def _evaluation_section(evaluation: dict) -> list[str]:
     held = evaluation["held_out"]
-    key = held["group_key"]
-    lines = ["## Evaluation", "",
-             f"Measured by the training pipeline. Held-out: for each {key}, a reference with the same settings was "
-             f"trained on the other {key}s and transferred to it. Scores are over cells of types that reference "
-             "knows: final label (\"Unassigned\" counts as wrong), nearest reference type of the cell's cluster, "
-             "and the source network's direct prediction before fine-tuning.", ""]
-    rows = [[f["group"], f"{f['n_scored']}/{f['n_cells']}", *_scores_row(f)] for f in held["folds"]]
-    rows.append(["mean", "", *_scores_row(held["mean"])])
-    lines += _table([key, "cells scored", *SCORE_HEADER], rows) + [""]
+    lines = ["## Evaluation", ""]
+    if held:
+        key = held["group_key"]
+        lines += [f"Measured by the training pipeline. Held-out: for each {key}, a reference with the same settings "
+                  f"was trained on the other {key}s and transferred to it. Scores are over cells of types that "
+                  "reference knows: final label (\"Unassigned\" counts as wrong), nearest reference type of the "
+                  "cell's cluster, and the source network's direct prediction before fine-tuning.", ""]
+        rows = [[f["group"], f"{f['n_scored']}/{f['n_cells']}", *_scores_row(f)] for f in held["folds"]]
+        rows.append(["mean", "", *_scores_row(held["mean"])])
+        lines += _table([key, "cells scored", *SCORE_HEADER], rows) + [""]
+    else:
+        lines += ["Measured by the training pipeline on independent queries only: the atlas has no groups (donors, "
+                  "runs) to hold out that do not coincide with its cell types. Scores are over cells of types the "
+                  "reference knows: final label (\"Unassigned\" counts as wrong), nearest reference type of the "
+                  "cell's cluster, and the source network's direct prediction before fine-tuning.", ""]
     if evaluation["cross_dataset"]:
         lines += ["Cross-dataset: the reference trained on all cells, transferred to another dataset "
-                  "(genes mapped through the one-to-one ortholog table when the organism differs).", ""]
-        rows = [[c["name"], c["query_organism"], f"{c['gene_overlap']:.2f}", f"{c['n_scored']}/{c['n_cells']}",
-                 *_scores_row(c)] for c in evaluation["cross_dataset"]]
-        lines += _table(["query", "organism", "gene overlap", "cells scored", *SCORE_HEADER], rows) + [""]
+                  "(genes mapped through the one-to-one ortholog table when the organism differs) and scored at "
+                  "the label level given (the query's labels renamed to the reference's).", ""]
+        rows = [[c["name"], c["query_organism"], c.get("level", "fine"), f"{c['gene_overlap']:.2f}",
+                 f"{c['n_scored']}/{c['n_cells']}", *_scores_row(c)] for c in evaluation["cross_dataset"]]
+        lines += _table(["query", "organism", "level", "gene overlap", "cells scored", *SCORE_HEADER], rows) + [""]
+        details = [line for c in evaluation["cross_dataset"] for line in _cross_details(c)]
+        lines += [*details, ""] if details else []
     settings = ", ".join(f"{k}={v}" for k, v in evaluation.get("transfer", {}).items())
     return lines + [f"Transfer settings: defaults of `ItClust.transfer`{', ' + settings if settings else ''}.", ""]
 
@@ -170,12 +206,13 @@ def _limits_section(config: dict, cell_types: list[str], counts: list[int], eval
     few = [f"{t} ({n})" for t, n in zip(cell_types, counts) if n < FEW_CELLS]
     if few:
         limits.append(f"Types learned from fewer than {FEW_CELLS} cells: {', '.join(few)}; expect lower recall.")
-    if evaluation:
+    if evaluation and evaluation["held_out"]:
         pooled = evaluation["held_out"]["per_type"]
         weak = [f"{t} ({c['correct'] / c['cells']:.2f} of {c['cells']})" for t, c in pooled.items()
                 if c["cells"] and c["correct"] / c["cells"] < WEAK_RECALL]
         if weak:
             limits.append(f"Held-out recall below {WEAK_RECALL:g}: {', '.join(weak)}.")
+    if evaluation:
         for cross in evaluation["cross_dataset"]:
             if cross["unknown_types"]:
                 limits.append(f"{cross['name']}: types this reference lacks were not scored: "
@@ -196,17 +233,19 @@ def _citation_section(config: dict) -> list[str]:
 
 
 def render_card(config: dict, cell_types: list[str], counts: list[int], evaluation: dict | None = None,
-                genes: dict | None = None) -> str:
+                genes: dict | None = None, ontology: dict | None = None, notes: list[str] = ()) -> str:
     """Render the model card text for a reference.
 
     ``config`` is the reference's config (``metadata`` may hold description, license, citation, datasets,
     data_name and platform); ``evaluation`` is what the training pipeline measured: ``held_out`` (from
     :func:`itclust_hub._evaluate.held_out` plus ``group_key``), ``cross_dataset`` (a list of
     :func:`itclust_hub._evaluate.evaluate_transfer` results plus ``name``, ``dataset`` and
-    ``query_organism``) and ``transfer`` (the settings used). ``genes`` is the content of genes.json.
+    ``query_organism``) and ``transfer`` (the settings used); its ``held_out`` may be None. ``genes`` is
+    the content of genes.json, ``ontology`` the types' Cell Ontology terms (labels.json), ``notes`` lines of
+    the recipe's own on how its labels were chosen.
     """
     meta = config.get("metadata", {})
-    per_type = evaluation["held_out"]["per_type"] if evaluation else None
+    per_type = evaluation["held_out"]["per_type"] if evaluation and evaluation["held_out"] else None
     lines = [
         f"# {config['name']}",
         "",
@@ -218,7 +257,8 @@ def render_card(config: dict, cell_types: list[str], counts: list[int], evaluati
         "result = model.transfer(adata)  # raw counts, log-normalised or TPM; adata is not modified",
         "```",
         "",
-        *_training_section(config, cell_types, counts, genes, per_type),
+        *_training_section(config, cell_types, counts, genes, per_type, ontology),
+        *(["## Label set", "", *notes, ""] if notes else []),
         *_preprocessing_section(config),
         *_network_section(config),
         *(_evaluation_section(evaluation) if evaluation else []),

@@ -28,25 +28,34 @@ def label_scores(truth, predicted) -> dict[str, float]:
     }
 
 
-def evaluate_transfer(model, query, truth, **transfer_options) -> dict:
-    """Annotate ``query`` with ``model`` and score the result against ``truth`` (the query's labels per
-    cell, already in the reference's vocabulary).
+def evaluate_transfer(model, query, truth, *, level: str = "fine", reference_harmonise: dict | None = None,
+                      **transfer_options) -> dict:
+    """Annotate ``query`` with ``model`` at ``level`` (``"fine"`` or ``"coarse"``) and score the result
+    against ``truth`` (the query's labels per cell, already in the reference's vocabulary at that level).
 
-    Only cells of types the reference knows are scored; the others are counted in ``unknown_types``.
-    Returns the scores of the final labels (``label``: "Unassigned" counts as wrong), of the nearest
-    reference type (``nearest_label``) and of the source network's direct prediction (``source_label``);
-    per scored type its cells and how many got it as ``nearest_label`` (``per_type``); the share of cells
-    called Unassigned, the gene overlap and the number of fine-tuning iterations.
+    ``reference_harmonise`` renames the reference's labels before scoring, for a query labelled at a
+    coarser resolution still (``{"CD4 T": "T cell", "CD8 T": "T cell"}``). Only cells of types the reference
+    knows are scored; the others are counted in ``unknown_types``, and the share of them called
+    "Unassigned" in ``unknown_flagged``. Returns the scores of the final labels (``label``: "Unassigned"
+    counts as wrong), of the nearest reference type (``nearest_label``) and of the source network's direct
+    prediction (``source_label``); per scored type its cells and how many got it as ``nearest_label``
+    (``per_type``); the share of cells called Unassigned, the gene overlap and the number of fine-tuning
+    iterations.
     """
-    result = model.transfer(query, **transfer_options)
+    result = model.transfer(query, level=level, **transfer_options)
+    rename = reference_harmonise or {}
     truth = pd.Series(np.asarray(truth, dtype=str), index=query.obs_names)
-    known = truth.isin(model.cell_types).to_numpy()
-    obs, scored = result.obs[known], truth[known]
+    known = truth.isin({rename.get(t, t) for t in result.probabilities.columns}).to_numpy()
+    predicted = result.obs[list(SCORED_COLUMNS)].astype(str).replace(rename)
+    obs, scored = predicted[known], truth[known]
     correct = (obs["nearest_label"] == scored).groupby(scored).agg(["size", "sum"])
+    flagged = (result.labels[~known] == "Unassigned").groupby(truth[~known]).mean()
     return {
         "n_cells": int(query.n_obs),
         "n_scored": int(known.sum()),
+        "level": level,
         "unknown_types": {str(k): int(v) for k, v in truth[~known].value_counts().items()},
+        "unknown_flagged": {str(k): float(v) for k, v in flagged.items()},
         **{column: label_scores(scored, obs[column]) for column in SCORED_COLUMNS},
         "per_type": {str(k): {"cells": int(row["size"]), "correct": int(row["sum"])} for k, row in correct.iterrows()},
         "unassigned": float((result.labels == "Unassigned").mean()),

@@ -16,6 +16,7 @@ from ._errors import ItClustError, ItClustWarning
 from ._format import FORMAT_VERSION
 from ._impute import impute_missing
 from ._network import Encoder
+from ._ontology import at_level, check_level
 from ._preprocess import Recipe
 from ._query import prepare_query
 from ._result import UNASSIGNED, TransferResult, build_result
@@ -42,6 +43,7 @@ class ItClust:
         self.gene_ids: list[str | None] | None = genes.get("ensembl_ids")
         self.cell_types: list[str] = list(labels["cell_types"])
         self.type_counts: list[int] = list(labels["counts"])
+        self.ontology: dict[str, dict] | None = labels.get("ontology")  # type -> id, coarse, coarse_id
         self.encoder = Encoder(len(self.genes), config["architecture"]["hidden_dims"])
         self.encoder.load_state_dict({k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")})
         self.encoder.eval()
@@ -71,9 +73,11 @@ class ItClust:
     @classmethod
     def from_parts(cls, *, name, organism, tissue, recipe: Recipe, hidden_dims, encoder: Encoder, centroids,
                    type_profiles, gene_mean, gene_std, gene_loadings, gene_noise, gene_share, genes, gene_ids,
-                   cell_types, type_counts, training, metadata, context: dict | None = None) -> "ItClust":
+                   cell_types, type_counts, training, metadata, context: dict | None = None,
+                   ontology: dict | None = None) -> "ItClust":
         """Assemble a reference from trained parts (used by training). ``context`` holds the other genes'
-        ``symbols``, ``ensembl_ids`` and their ``mean``, ``std``, ``loadings``, ``noise`` and ``share``."""
+        ``symbols``, ``ensembl_ids`` and their ``mean``, ``std``, ``loadings``, ``noise`` and ``share``;
+        ``ontology`` each type's Cell Ontology terms (see :mod:`itclust_hub._ontology`)."""
         context = context if context is not None and len(context["symbols"]) else None
         config = {
             "format_version": FORMAT_VERSION,
@@ -101,7 +105,7 @@ class ItClust:
         if context is not None:
             tensors.update({f"context_{k}": torch.as_tensor(context[k], dtype=torch.float32).clone() for k in CONTEXT_TENSORS})
             gene_lists.update(context_symbols=context["symbols"], context_ensembl_ids=context["ensembl_ids"])
-        return cls(config, tensors, gene_lists, {"cell_types": cell_types, "counts": type_counts})
+        return cls(config, tensors, gene_lists, {"cell_types": cell_types, "counts": type_counts, "ontology": ontology})
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The weights as they are stored in ``model.safetensors``."""
@@ -140,8 +144,9 @@ class ItClust:
         return write_reference(
             folder, self.config, self.tensors(),
             self.gene_lists,
-            {"cell_types": self.cell_types, "counts": self.type_counts},
-            card if card is not None else render_card(self.config, self.cell_types, self.type_counts),
+            {"cell_types": self.cell_types, "counts": self.type_counts,
+             **({"ontology": self.ontology} if self.ontology is not None else {})},
+            card if card is not None else render_card(self.config, self.cell_types, self.type_counts, ontology=self.ontology),
             force=force,
         )
 
@@ -193,6 +198,7 @@ class ItClust:
         lr: float = 0.01,
         min_confidence: float = 0.5,
         min_similarity: float = 0.3,
+        level: str = "fine",
         seed: int = 0,
         device: str = "cpu",
         progress: bool | None = None,
@@ -251,6 +257,11 @@ class ItClust:
             another reference type's expression correlates better over every measured gene (each type's
             correlation corrected for the noise of its profile, a mean over its training cells). A cluster's
             expression weights its cells by their probability of the cluster.
+        level
+            ``"fine"``: the reference's own types; ``"coarse"``: their coarse parents from the reference's
+            Cell Ontology terms (``CD4 T`` for naive and memory CD4 T cells; probabilities summed). When the
+            reference carries terms, ``obs`` also holds ``fine_label``, ``coarse_label``, ``ontology_id`` and
+            ``coarse_ontology_id`` at either level.
         seed, device, progress
             Determinism, torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...), and the progress bar
             (default: only on a terminal).
@@ -268,6 +279,7 @@ class ItClust:
 
         if max_iter < 1:
             raise ItClustError(f"max_iter must be at least 1, not {max_iter}")
+        check_level(level, self.ontology, self.name)  # before fine-tuning, not after
         if max_cells_per_iter is not None and max_cells_per_iter < batch_size:
             raise ItClustError(f"max_cells_per_iter must be at least batch_size ({batch_size}), not {max_cells_per_iter}")
         try:
@@ -315,9 +327,10 @@ class ItClust:
             "n_iter": outcome.n_iter, "converged": outcome.converged, "changed": outcome.changed,
             "settings": {"tol": tol, "max_iter": max_iter, "epochs_per_iter": epochs_per_iter,
                          "batch_size": batch_size, "lr": lr, "min_confidence": min_confidence,
-                         "min_similarity": min_similarity, "seed": seed,
+                         "min_similarity": min_similarity, "level": level, "seed": seed,
                          "max_cells_per_iter": max_cells_per_iter, "device": str(device)},
         }
-        return build_result(outcome, self.cell_types, self.type_profiles.numpy(), self.type_counts,
-                            prepared.alignment.present, adata.obs_names, min_confidence, min_similarity, provenance,
-                            prepared.empty)
+        result = build_result(outcome, self.cell_types, self.type_profiles.numpy(), self.type_counts,
+                              prepared.alignment.present, adata.obs_names, min_confidence, min_similarity, provenance,
+                              prepared.empty)
+        return at_level(result, self.ontology, level)

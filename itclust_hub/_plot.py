@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ._errors import ItClustError
+from ._ontology import is_ontology_id
 from ._result import UNASSIGNED
 
 # A UMAP plot of more cells draws a random sample of this many: umap-learn took ~3 minutes on 100k cells (one
@@ -404,12 +405,29 @@ def _dotplot(result, expression, genes: list[str], markers: dict[str, list[int]]
     return fig
 
 
+def compared_labels(result, truth: pd.Series) -> tuple[pd.Series, set[str]]:
+    """What ``truth`` is compared with: the predicted labels and the reference's type names, or - when every
+    one of ``truth``'s labels is a Cell Ontology id (``CL:0000236``) and the reference carries ids - the
+    ids of the predicted labels at the transfer's level and the reference's ids, so labels of any
+    vocabulary with ids compare by meaning."""
+    truth = pd.Series(truth).astype(str)
+    ontology = result.provenance.get("ontology")
+    if ontology and truth.map(is_ontology_id).all():
+        coarse = result.provenance.get("settings", {}).get("level") == "coarse"
+        field, column = ("coarse_id", "coarse_ontology_id") if coarse else ("id", "ontology_id")
+        ids = result.obs[column].astype(object).where(result.obs[column].notna(), UNASSIGNED).astype(str)
+        return ids, {entry[field] for entry in ontology.values() if entry[field]}
+    return result.labels.astype(str), set(result.probabilities.columns)
+
+
 def agreement(result, truth: pd.Series) -> float:
     """Share of cells whose predicted label equals their own label (case-insensitive), among cells whose
-    own label names a reference type; NaN when none does."""
+    own label names a reference type (or its Cell Ontology id, see :func:`compared_labels`); NaN when none
+    does."""
+    predicted, names = compared_labels(result, truth)
     truth = pd.Series(truth, index=result.obs.index).astype(str).str.lower()
-    known = truth.isin({t.lower() for t in result.probabilities.columns})
-    same = truth == result.labels.astype(str).str.lower()
+    known = truth.isin({t.lower() for t in names})
+    same = truth == predicted.str.lower()
     return float(same[known].mean()) if known.any() else float("nan")
 
 
@@ -420,14 +438,14 @@ def plot_confusion(result, truth: pd.Series, *, truth_key: str = "query label") 
     reference type (compared case-insensitively).
     """
     truth = pd.Series(truth, index=result.obs.index).astype(str)
-    predicted = result.obs["label"].astype(str)
+    predicted, names = compared_labels(result, truth)
     table = pd.crosstab(truth, predicted)
     cols = _label_order(result, table.columns)
     matched = [r for c in cols for r in table.index if r.lower() == c.lower()]
     rows = matched + sorted((r for r in table.index if r not in matched), key=lambda r: -table.loc[r].sum())
     table = table.loc[rows, cols]
     share = table.to_numpy() / table.to_numpy().sum(axis=1, keepdims=True)
-    n_known = int(truth.str.lower().isin({t.lower() for t in result.probabilities.columns}).sum())
+    n_known = int(truth.str.lower().isin({t.lower() for t in names}).sum())
     fig = Figure(figsize=(max(8.0, 3.5 + 0.55 * len(cols)), 2.8 + 0.42 * len(rows)), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")

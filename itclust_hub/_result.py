@@ -14,6 +14,7 @@ import pandas as pd
 from ._errors import ItClustError
 from ._network import cell_probabilities
 from ._outputs import check_output_files
+from ._ontology import ONTOLOGY_COLUMNS
 
 UNASSIGNED = "Unassigned"
 TABLE_FILES = ("labels.csv", "probabilities.csv", "clusters.csv")
@@ -44,7 +45,9 @@ class TransferResult:
         ``_network.PROBABILITY_POWER``; it ranks the reference's clusters, ``novel`` says whether any fits),
         ``cluster_confidence``, ``novel`` and ``empty`` (the cell has no expression in any query gene the
         reference reads: it is left out of fine-tuning, labelled ``"Unassigned"`` in every label column, in
-        cluster -1 at probability 0, and not novel).
+        cluster -1 at probability 0, and not novel); when the reference carries Cell Ontology terms, also
+        ``fine_label``, ``coarse_label``, ``ontology_id`` (of the fine label) and ``coarse_ontology_id``
+        (``label``, ``nearest_label`` and ``source_label`` are at the ``level`` the transfer was asked for).
     probabilities
         Cells x reference types: a type's probability is the sum over the clusters named by it (types that
         name no cluster are 0; every type is 0 for an empty cell).
@@ -110,8 +113,9 @@ class TransferResult:
         adata = adata.copy() if copy else adata
         for col in self.obs.columns:
             adata.obs[f"{key}_{col}"] = self.obs[col].to_numpy()
-        for col in ("label", "nearest_label", "source_label"):
-            adata.obs[f"{key}_{col}"] = pd.Categorical(adata.obs[f"{key}_{col}"])
+        for col in ("label", "nearest_label", "source_label", *ONTOLOGY_COLUMNS):
+            if col in self.obs:
+                adata.obs[f"{key}_{col}"] = pd.Categorical(adata.obs[f"{key}_{col}"])
         adata.obs[f"{key}_cluster"] = pd.Categorical(self.obs["cluster"].to_numpy(), categories=self.clusters.index)
         adata.obsm[f"X_{key}"] = self.embedding
         adata.obsm[f"{key}_probabilities"] = self.probabilities.to_numpy()

@@ -23,6 +23,7 @@ from ._genes import choose_organism, ensembl_ids_for, normalize_organism
 from ._data import ScaledMatrix
 from ._impute import context_loadings, fill_missing, gene_loadings, latent_map
 from ._network import Encoder, hidden_dims_for, kl_loss, soft_assign
+from ._ontology import check_ontology
 from ._preprocess import Recipe
 from ._progress import progress_bar
 from ._query import check_anndata
@@ -317,6 +318,7 @@ def train_reference(
     seed: int = 0,
     progress: bool | None = None,
     metadata: dict | None = None,
+    ontology: dict | None = None,
     distributed: bool = False,
 ):
     """Train an ItClust source network on a labelled AnnData and return it as an :class:`ItClust`.
@@ -362,6 +364,11 @@ def train_reference(
         Show a progress bar (default: only on a terminal).
     metadata
         Extra JSON fields for ``config.json`` (description, citation, license, ...).
+    ontology
+        Optional Cell Ontology terms of each cell type at two resolutions, stored in ``labels.json``:
+        ``{label: {"id": "CL:0000895", "coarse": "CD4 T", "coarse_id": "CL:0000624"}}`` (ids may be
+        ``None``). Every kept type needs an entry; entries of other labels (dropped, absent) are ignored. With it,
+        ``transfer(level="coarse")`` reports the coarse labels.
     distributed
         Train data-parallel with the other processes started by ``torchrun`` (DistributedDataParallel,
         gloo on CPU, nccl on GPU): every process passes the same atlas and reads its own share of each
@@ -381,6 +388,8 @@ def train_reference(
         raise ItClustError(f"duplicated gene names in the reference (e.g. {dup!r}); call adata.var_names_make_unique()")
     recipe = recipe or Recipe()
     codes, types, dropped = _label_codes(adata, label_key, min_cells_per_type, small_types)
+    if ontology is not None:
+        ontology = check_ontology({t: v for t, v in ontology.items() if t in types}, types, "ontology")
     replica = _replica(distributed)
     rng = _seed_everything(seed)
     atlas = scan_atlas(adata, codes, types, recipe, input_type, replica.shard())
@@ -433,4 +442,5 @@ def train_reference(
         type_counts=np.bincount(atlas.codes, minlength=n_types).tolist(),
         training=training,
         metadata=metadata or {},
+        ontology=None if ontology is None else {t: ontology[t] for t in atlas.cell_types},  # types kept after QC
     )

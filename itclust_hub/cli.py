@@ -246,6 +246,8 @@ def _plural(n: int, noun: str) -> str:
 @click.option("--scale", type=click.Choice(SCALES), default="auto", show_default=True,
               help="Scale genes with the reference's statistics or the query's own (auto: own across species).")
 @click.option("--revision", help="Reference branch, tag or commit (like NAME@REVISION).")
+@click.option("--level", type=click.Choice(["fine", "coarse"]), default="fine", show_default=True,
+              help="Label resolution: the reference's own types, or their coarse parents (e.g. CD4 T).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed of the fine-tuning.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
 @click.option("--max-iter", type=click.IntRange(min=1),
@@ -264,7 +266,7 @@ def _plural(n: int, noun: str) -> str:
 @click.option("--force", is_flag=True, help="Overwrite the output files this command writes (nothing else).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (bars show only on a terminal anyway).")
 def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_organism, orthologs, scale,
-             revision, seed, device, max_iter, min_confidence, min_similarity, min_overlap, tables, report, truth_key,
+             revision, level, seed, device, max_iter, min_confidence, min_similarity, min_overlap, tables, report, truth_key,
              force, no_progress) -> None:
     """Annotate QUERY with reference NAME and write the annotated OUT.h5ad.
 
@@ -299,7 +301,7 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
     with warnings.catch_warnings():  # printed below, with the report's
         warnings.simplefilter("ignore", ItClustWarning)
         result = model.transfer(adata, gene_key=gene_key, layer=layer, use_raw=use_raw, input_type=input_type,
-                                query_organism=query_organism, orthologs=orthologs, scale=scale, seed=seed,
+                                query_organism=query_organism, orthologs=orthologs, scale=scale, level=level, seed=seed,
                                 device=device, progress=progress, **settings)
     written = [out]
     new = _new_paths(outputs)

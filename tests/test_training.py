@@ -159,7 +159,7 @@ def test_card_renders_the_evaluation_it_is_given():
     assert values[("accuracy", "accuracy (nearest reference type)")] == 0.8375
     body = card[card.index("\n---", 4):]
     assert "| a | 25 | 1.00 (5) |" in body and "| b | 5 | 0.25 (4) |" in body
-    assert "| mean |  | 0.812 |" in body and "| Other islets | human | 0.71 | 9/10 |" in body
+    assert "| mean |  | 0.812 |" in body and "| Other islets | human | fine | 0.71 | 9/10 |" in body
     assert "rare (2)" in body and "b (0.25 of 4)" in body and "acinar (7)" in body
     assert "Someone et al. (2020)" in body and "Nature Machine Intelligence" in body and "version 2.0.0" in body
 

@@ -67,12 +67,17 @@ def read_data(data_dir: Path, file: str, label_key: str, harmonise: dict, what: 
 
 
 def read_atlas(recipe: BuildRecipe, data_dir: Path = DATA_DIR) -> ad.AnnData:
-    """The training atlas with harmonised labels; the held-out group column must exist."""
+    """The training atlas with harmonised labels; the held-out group column, if any, must exist."""
     data = recipe.spec["data"]
     adata = read_data(data_dir, data["file"], data["label_key"], recipe.spec["labels"]["harmonise"],
                       f"recipe {recipe.name}")
-    group_key = recipe.spec["evaluation"]["held_out"]["group_key"]
-    if group_key not in adata.obs.columns:
+    stray = sorted(set(recipe.spec["labels"]["ontology"]) - set(adata.obs[data["label_key"]]))
+    if stray:
+        raise ItClustError(f"recipe {recipe.name}: labels.ontology names {stray[0]!r}, which is not a {data['label_key']} "
+                           f"label of {data['file']} (after labels.harmonise)")
+    held = recipe.spec["evaluation"]["held_out"]
+    group_key = held and held["group_key"]
+    if group_key is not None and group_key not in adata.obs.columns:
         raise ItClustError(f"recipe {recipe.name}: evaluation.held_out.group_key {group_key!r} is not an obs column "
                            f"of {data['file']}")
     return adata
@@ -86,26 +91,32 @@ def fit(recipe: BuildRecipe, atlas: ad.AnnData, progress: bool | None = None) ->
 
 def evaluate(recipe: BuildRecipe, atlas: ad.AnnData, model: ih.ItClust, data_dir: Path = DATA_DIR,
              log: Callable[[str], None] = print) -> dict:
-    """Held-out groups (each fold trained with the recipe's settings, types too small there dropped) and
-    every cross-dataset query of the recipe annotated by ``model``: the ``evaluation`` of the model card."""
+    """Held-out groups (each fold trained with the recipe's settings, types too small there dropped; none
+    when the recipe's ``held_out`` is null) and every cross-dataset query of the recipe annotated by ``model``
+    at its ``level``: the ``evaluation`` of the model card."""
     spec = recipe.spec
-    label_key, group_key = spec["data"]["label_key"], spec["evaluation"]["held_out"]["group_key"]
+    label_key, held = spec["data"]["label_key"], spec["evaluation"]["held_out"]
     transfer = dict(spec["evaluation"]["transfer"])
     options = recipe.train_options(small_types="drop")
 
     def train(subset):
         return ih.train_reference(subset, label_key, recipe.name, progress=False, **options)
 
-    folds = held_out(atlas, atlas.obs[label_key], atlas.obs[group_key], train, log=log, progress=False, **transfer)
+    folds = None
+    if held is not None:
+        group_key = held["group_key"]
+        folds = {"group_key": group_key, **held_out(atlas, atlas.obs[label_key], atlas.obs[group_key], train,
+                                                    log=log, progress=False, **transfer)}
     cross = []
     for item in spec["evaluation"]["cross_dataset"]:
         query = read_data(data_dir, item["file"], item["label_key"], item["harmonise"], f"recipe {recipe.name}")
         log(f"cross-dataset {item['name']}: annotating {query.n_obs} cells")
         scores = evaluate_transfer(model, query, query.obs[item["label_key"]], query_organism=item["query_organism"],
+                                   level=item["level"], reference_harmonise=item["reference_harmonise"],
                                    progress=False, **transfer)
         cross.append({"name": item["name"], "dataset": item["dataset"], "query_organism": item["query_organism"],
                       **scores})
-    return {"held_out": {"group_key": group_key, **folds}, "cross_dataset": cross, "transfer": transfer}
+    return {"held_out": folds, "cross_dataset": cross, "transfer": transfer}
 
 
 def bundled_folder(name: str) -> Path:
@@ -149,7 +160,7 @@ def build(recipe: BuildRecipe, out: Path | None = None, force: bool = False, dat
     with torch_threads():
         evaluation = evaluate(recipe, atlas, model, data_dir, log)
     card = render_card(model.config, model.cell_types, model.type_counts, evaluation,
-                       genes={"ensembl_ids": model.gene_ids})
+                       genes={"ensembl_ids": model.gene_ids}, ontology=model.ontology, notes=recipe.spec["labels"]["notes"])
     folder = model.save_pretrained(target, force=force, card=card)
     if bundled:
         (MODEL_CARDS_DIR / f"{recipe.name}.md").write_text(card)
@@ -157,9 +168,9 @@ def build(recipe: BuildRecipe, out: Path | None = None, force: bool = False, dat
         log(f"updated model_cards/{recipe.name}.md and itclust_hub/references/{INDEX_FILENAME}")
     else:
         log(f"built outside the bundled folder: model_cards/ and {INDEX_FILENAME} left unchanged")
-    held = evaluation["held_out"]["mean"]
-    log(f"held-out {evaluation['held_out']['group_key']} mean: accuracy {held['label']['accuracy']:.3f} (labels), "
-        f"{held['nearest_label']['accuracy']:.3f} (nearest); "
+    held = evaluation["held_out"]
+    log((f"held-out {held['group_key']} mean: accuracy {held['mean']['label']['accuracy']:.3f} (labels), "
+         f"{held['mean']['nearest_label']['accuracy']:.3f} (nearest); " if held else "")
         + "; ".join(f"{c['name']}: {c['nearest_label']['accuracy']:.3f}" for c in evaluation["cross_dataset"]))
     log(f"wrote {folder} in {time.perf_counter() - start:.0f} s")
     return folder

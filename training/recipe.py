@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from itclust_hub._errors import ItClustError
+from itclust_hub._ontology import LEVELS, check_ontology
 from itclust_hub._preprocess import INPUT_TYPES, Recipe
 from itclust_hub._registry import is_reference_name
 
@@ -18,19 +19,20 @@ DATA_DIR = Path(os.environ.get(DATA_ENV) or Path(__file__).resolve().parents[2] 
 
 _NUMBER = (int, float)
 CROSS_DATASET = {"name": str, "dataset": str, "file": str, "label_key": str, "query_organism": str,
-                 "harmonise": dict}
+                 "harmonise": dict, "level": str, "reference_harmonise": dict}
+HELD_OUT = {"group_key": str}
 SCHEMA = {
     "name": str, "version": str, "description": str, "organism": str, "tissue": str, "license": str,
     "citation": str, "datasets": list,
     "data": {"file": str, "name": str, "platform": str, "input_type": str, "label_key": str},
-    "labels": {"harmonise": dict, "min_cells_per_type": int, "small_types": str},
+    "labels": {"harmonise": dict, "ontology": dict, "notes": list, "min_cells_per_type": int, "small_types": str},
     "preprocessing": {"min_genes_per_cell": int, "min_cells_per_gene": int, "drop_gene_prefixes": list,
                       "target_sum": _NUMBER, "n_top_genes": int, "max_value": _NUMBER},
     "network": {"hidden_dims": (list, type(None))},
     "training": {"pretrain_epochs": int, "epochs": int, "patience": int, "batch_size": int, "lr": _NUMBER,
                  "pretrain_lr": _NUMBER, "val_fraction": _NUMBER, "label_smoothing": _NUMBER,
                  "mask_max_rate": _NUMBER, "mask_prob": _NUMBER, "seed": int},
-    "evaluation": {"held_out": {"group_key": str}, "cross_dataset": list, "transfer": {"seed": int}},
+    "evaluation": {"held_out": (dict, type(None)), "cross_dataset": list, "transfer": {"seed": int}},
 }
 
 
@@ -90,7 +92,7 @@ class BuildRecipe:
                     input_type=s["data"]["input_type"], hidden_dims=s["network"]["hidden_dims"],
                     min_cells_per_type=s["labels"]["min_cells_per_type"],
                     small_types=small_types or s["labels"]["small_types"], metadata=self.metadata(),
-                    **s["training"])
+                    ontology=s["labels"]["ontology"], **s["training"])
 
 
 def recipe_path(name_or_path: str) -> Path:
@@ -113,8 +115,14 @@ def load_recipe(name_or_path: str) -> BuildRecipe:
         raise ItClustError(f"{path} is not valid JSON ({err})") from None
     source = f"recipe {path.name}"
     _check(spec, SCHEMA, "", source)
+    if spec["evaluation"]["held_out"] is not None:  # null: the atlas has no groups to hold out (types = runs)
+        _check(spec["evaluation"]["held_out"], HELD_OUT, "evaluation.held_out.", source)
     for i, cross in enumerate(spec["evaluation"]["cross_dataset"]):
         _check(cross, CROSS_DATASET, f"evaluation.cross_dataset[{i}].", source)
+        if cross["level"] not in LEVELS:
+            raise ItClustError(f"{source}: evaluation.cross_dataset[{i}].level must be one of {', '.join(LEVELS)}")
+    ontology = spec["labels"]["ontology"]
+    check_ontology(ontology, list(ontology), f"{source}: labels.ontology")  # the entries; types are checked at fit
     if not is_reference_name(spec["name"]):
         raise ItClustError(f"{source}: name {spec['name']!r} is not a valid reference name")
     if spec["data"]["input_type"] not in ("auto", *INPUT_TYPES):

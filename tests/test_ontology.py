@@ -1,0 +1,162 @@
+"""Labels with meaning: every bundled reference's types carry a Cell Ontology id and a coarse parent,
+transfers report both levels, references without terms still load, and the blood reference reads an
+independent PBMC study at the CD4 T / CD8 T / B / NK / monocyte level."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sklearn.metrics import f1_score
+
+import itclust_hub as ih
+from itclust_hub._artifact import sha256
+from itclust_hub._ontology import is_ontology_id
+from itclust_hub._plot import agreement
+from itclust_hub._registry import REFERENCES_DIR
+from itclust_hub.cli import main
+
+from _data import read
+
+BUNDLED = sorted(json.loads((REFERENCES_DIR / "index.json").read_text())["references"])
+# pbmc3k's curated labels at the resolution both studies have (DC and platelets: no sorted population)
+PBMC3K_COARSE = {"Naive CD4 T": "CD4 T", "Memory CD4 T": "CD4 T", "CD8 T": "CD8 T", "B": "B", "NK": "NK",
+                 "CD14+ Mono": "monocyte", "FCGR3A+ Mono": "monocyte"}
+
+
+def baron_query(n=300):
+    human = read("baron_human_pancreas")
+    return human[human.obs["donor"] == "human3"][:n].copy()
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_every_bundled_reference_carries_ontology_ids_and_a_coarse_parent(name):
+    labels = json.loads((REFERENCES_DIR / name / "labels.json").read_text())
+    ontology = labels["ontology"]
+    assert list(ontology) == labels["cell_types"]
+    for entry in ontology.values():
+        assert is_ontology_id(entry["id"]) and is_ontology_id(entry["coarse_id"]) and entry["coarse"]
+    coarse = {e["coarse"] for e in ontology.values()}
+    assert 1 < len(coarse) <= len(ontology)  # a level that still tells types apart
+    assert ih.ItClust.from_pretrained(name).ontology == ontology
+
+
+def test_pancreas_ids_are_the_ones_baron_ships():
+    human = read("baron_human_pancreas")
+    shipped = human.obs.groupby("cell_type1", observed=True)["cell_ontology_id"].agg(lambda s: s.mode()[0])
+    ontology = ih.ItClust.from_pretrained("pancreas-human").ontology
+    assert {t: e["id"] for t, e in ontology.items()} == {t: str(shipped[t]) for t in ontology}
+
+
+def test_coarse_level_reports_parents_and_obs_carries_the_ids():
+    model = ih.ItClust.from_pretrained("pancreas-human")
+    query = baron_query()
+    fine = model.transfer(query, progress=False)
+    coarse = model.transfer(query, level="coarse", progress=False)
+    terms = model.ontology
+    to_coarse = {t: e["coarse"] for t, e in terms.items()}
+    assert fine.obs["label"].equals(fine.obs["fine_label"])
+    named = fine.labels != "Unassigned"
+    assert (fine.obs["coarse_label"][named] == fine.labels[named].map(to_coarse)).all()
+    assert (fine.obs["ontology_id"][named] == fine.labels[named].map({t: e["id"] for t, e in terms.items()})).all()
+    assert fine.obs["ontology_id"][~named].isna().all()
+    # the same fine-tuning, reported one level up
+    assert (coarse.labels[named] == fine.labels[named].map(to_coarse)).all()
+    assert coarse.obs["fine_label"].equals(fine.labels) and coarse.obs["nearest_label"].isin(set(to_coarse.values())).all()
+    assert list(coarse.probabilities.columns) == list(dict.fromkeys(to_coarse[t] for t in model.cell_types))
+    np.testing.assert_allclose(coarse.probabilities.sum(1), fine.probabilities.sum(1), rtol=1e-5)
+    annotated = coarse.to_adata(query)
+    assert {"itclust_coarse_label", "itclust_ontology_id"} <= set(annotated.obs.columns)
+    # the query's own ids compare by meaning: Baron's cell_ontology_id against the reference's ids
+    assert agreement(fine, query.obs["cell_ontology_id"]) >= 0.9
+    with pytest.raises(ih.ItClustError, match="level must be one of fine, coarse"):
+        model.transfer(query, level="lineage", progress=False)
+
+
+def without_ontology(tmp_path):
+    """pancreas-human as a reference written before ontology terms: labels.json without them."""
+    folder = shutil.copytree(REFERENCES_DIR / "pancreas-human", tmp_path / "old")
+    labels = json.loads((folder / "labels.json").read_text())
+    labels.pop("ontology", None)  # bundled copies carry terms now
+    (folder / "labels.json").write_text(json.dumps(labels))
+    config = json.loads((folder / "config.json").read_text())
+    config["files"]["labels.json"] = sha256(folder / "labels.json")
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_labels_without_ontology_still_load_and_transfer(tmp_path):
+    model = ih.ItClust.from_pretrained(without_ontology(tmp_path))
+    assert model.ontology is None
+    result = model.transfer(baron_query(100), progress=False)
+    assert "coarse_label" not in result.obs and result.labels.isin([*model.cell_types, "Unassigned"]).all()
+    with pytest.raises(ih.ItClustError, match="no coarse labels") as info:
+        model.transfer(baron_query(100), level="coarse", progress=False)
+    assert "\n" not in str(info.value)
+
+
+def test_a_damaged_ontology_is_refused_on_load_and_at_training(tmp_path):
+    folder = without_ontology(tmp_path)
+    labels = json.loads((folder / "labels.json").read_text())
+    labels["ontology"] = {"alpha": {"id": "CL:0000171", "coarse": "endocrine", "coarse_id": "CL:0008024"}}
+    (folder / "labels.json").write_text(json.dumps(labels))
+    config = json.loads((folder / "config.json").read_text())
+    config["files"]["labels.json"] = sha256(folder / "labels.json")
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ih.ItClustError, match="cell type 'acinar' has no ontology entry"):
+        ih.ItClust.from_pretrained(folder)
+    atlas = baron_query(200)
+    with pytest.raises(ih.ItClustError, match="not a Cell Ontology id"):  # before any training
+        ih.train_reference(atlas, "cell_type1", "x", small_types="drop", ontology={
+            t: {"id": "alpha cell", "coarse": "endocrine", "coarse_id": None} for t in atlas.obs["cell_type1"].unique()})
+
+
+def test_list_finds_the_blood_reference():
+    result = CliRunner().invoke(main, ["list", "--tissue", "blood"])
+    assert result.exit_code == 0, result.output
+    assert [row.split()[0] for row in result.stdout.splitlines()[1:]] == ["pbmc-human"]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 22's bar is not met yet: the bundled pbmc-human reads pbmc3k at 0.877 "
+                   "accuracy / 0.872 macro-F1 at this level (its card); strict: passing flags it")
+def test_blood_reference_reads_an_independent_pbmc_study_at_the_coarse_level():
+    """pbmc3k (another 10x run, the Seurat tutorial's curated labels, log-normalised) at the CD4 T / CD8 T /
+    B / NK / monocyte level: the bar of issue 22 (accuracy >= 0.90, macro-F1 over types of >= 10 cells >= 0.85)."""
+    query = read("pbmc3k_labeled")
+    result = ih.ItClust.from_pretrained("pbmc-human").transfer(query, level="coarse", progress=False)
+    truth = query.obs["cell_type"].astype(str).map(PBMC3K_COARSE)
+    known = truth.notna().to_numpy()
+    truth, predicted = truth[known], result.labels[known].astype(str)
+    sizes = truth.value_counts()
+    assert (truth == predicted).mean() >= 0.90
+    assert f1_score(truth, predicted, labels=list(sizes[sizes >= 10].index), average="macro") >= 0.85
+    assert pd.Series(result.obs["coarse_ontology_id"][known]).notna().mean() >= 0.90
+
+
+def test_a_recipe_ontology_naming_no_label_is_refused_before_training(tmp_path):
+    from training.pipeline import read_atlas
+    from training.recipe import RECIPES_DIR, load_recipe
+
+    read("baron_human_pancreas")
+    spec = json.loads((RECIPES_DIR / "pancreas-human.json").read_text())
+    spec["labels"]["ontology"]["alpah"] = spec["labels"]["ontology"].pop("alpha")
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(ih.ItClustError, match="labels.ontology names 'alpah'"):
+        read_atlas(load_recipe(str(path)))
+
+
+def test_blood_card_carries_numbers_measured_on_independent_queries():
+    import yaml
+
+    from training.pipeline import MODEL_CARDS_DIR
+
+    card = (REFERENCES_DIR / "pbmc-human" / "README.md").read_text()
+    assert (MODEL_CARDS_DIR / "pbmc-human.md").read_text() == card
+    meta = yaml.safe_load(card[4 : card.index("\n---", 4)])
+    assert meta["tags"][-1] == "blood"
+    queries = [r["dataset"]["name"] for r in meta["model-index"][0]["results"]]
+    assert any("PBMC 3k" in q for q in queries) and any("Tabula Muris" in q for q in queries)
+    assert "## Label set" in card and "Cells of types the reference lacks called Unassigned: DC" in card
