@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from itclust_hub._errors import ItClustError
+from itclust_hub._errors import ItClustError, cli_words
 
 from .pipeline import build, verify
 from .recipe import DATA_DIR, load_recipe
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
             print(f"{name}: {'ok' if passed else 'FAILED'}, {found}")
         return 0 if all(passed for passed, _ in checks.values()) else 1
     except ItClustError as err:
-        print(f"Error: {err}", file=sys.stderr)
+        print(f"Error: {cli_words(str(err))}", file=sys.stderr)
         return 1
 
 

@@ -14,10 +14,12 @@ import anndata as ad
 import torch
 
 import itclust_hub as ih
+from itclust_hub._artifact import REFERENCE_FILES
 from itclust_hub._card import render_card
 from itclust_hub._errors import ItClustError
 from itclust_hub._evaluate import evaluate_transfer, held_out
 from itclust_hub._hub import _entry_from_config
+from itclust_hub._outputs import check_output_folder
 from itclust_hub._registry import INDEX_FILENAME, REFERENCES_DIR
 
 from .recipe import DATA_DIR, BuildRecipe
@@ -142,12 +144,11 @@ def build(recipe: BuildRecipe, out: Path | None = None, force: bool = False, dat
     """Build the reference of ``recipe`` into ``out`` (default: the bundled folder) and return the folder.
 
     Into the bundled folder, the card is also copied to ``model_cards/NAME.md`` and the packaged index
-    entry is updated. An existing non-empty ``out`` needs ``force``.
+    entry is updated. An existing non-empty ``out`` needs ``force``, which replaces its reference files only.
     """
     target = Path(out) if out is not None else bundled_folder(recipe.name)
     bundled = target.resolve() == bundled_folder(recipe.name).resolve()
-    if target.exists() and any(target.iterdir()) and not force:
-        raise ItClustError(f"{target} already exists and is not empty; pass --force to rebuild it")
+    check_output_folder(target, REFERENCE_FILES, force=force)
     start = time.perf_counter()
     atlas = read_atlas(recipe, data_dir)
     log(f"{recipe.name}: {atlas.n_obs} cells x {atlas.n_vars} genes from {recipe.spec['data']['file']}")
