@@ -88,9 +88,10 @@ def scale_text(provenance: dict) -> str:
 
 
 def warnings(result) -> list[str]:
-    """Plain-language warnings when the query does not fit the reference well."""
+    """Plain-language warnings: the transfer's own (``provenance["warnings"]``: organism detected or doubtful,
+    empty cells), then those of a query that does not fit the reference well."""
     out = list(result.provenance.get("warnings", []))
-    unassigned = float((result.labels == UNASSIGNED).mean())
+    unassigned = float(result.obs["novel"].mean())
     if unassigned >= WARN_UNASSIGNED:
         out.append(f"{unassigned:.0%} of cells fall in clusters judged novel (Unassigned): the query may hold cell "
                    "types, a tissue or a species this reference does not cover; do not trust the nearest labels there.")

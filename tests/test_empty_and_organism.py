@@ -81,10 +81,14 @@ def test_one_count_in_a_gene_the_reference_reads_is_not_empty(bundled):
     X[0, int(np.flatnonzero(human.var_names == bundled.genes[0])[0])] = 1
     X[1, int(np.flatnonzero(~human.var_names.isin(bundled.genes + bundled.context_genes))[0])] = 7
     human.X = X.tocsr()
-    prepared = prepare_query(human, genes=bundled.genes, gene_ids=bundled.gene_ids, organism=bundled.organism,
-                             recipe=bundled.recipe)
-    assert prepared.empty.tolist() == [False] + [True] * 49
-    assert prepared.data.stored_rows().n_cells == 1
+    kwargs = dict(genes=bundled.genes, gene_ids=bundled.gene_ids, organism=bundled.organism, recipe=bundled.recipe)
+    prepared, spilled = prepare_query(human, **kwargs), prepare_query(human, **kwargs, memory_budget=1)
+    assert prepared.empty.tolist() == spilled.empty.tolist() == [False] + [True] * 49
+    assert spilled.data.on_disk and not prepared.data.on_disk
+    for data in (prepared.data, spilled.data):  # the empty rows left out, the storage shared
+        kept = data.stored_rows()
+        assert kept.n_cells == 1 and np.array_equal(kept.rows(slice(None)).numpy(), data.rows([0]).numpy())
+    spilled.data.close()
 
 
 def test_a_query_of_empty_cells_is_refused_in_one_line(bundled):
