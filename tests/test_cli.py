@@ -425,7 +425,7 @@ def test_not_converged_advice_names_an_option(reference_dir, query_file, tmp_pat
     result = run("transfer", reference_dir, query_file, "-o", tmp_path / "out.h5ad", "--max-iter", "1",
                  "--min-confidence", "0.6", "--no-progress")
     assert result.exit_code == 0, result.output
-    provenance = json.loads(ad.read_h5ad(tmp_path / "out.h5ad").uns["itclust"]["provenance"])
+    provenance = ad.read_h5ad(tmp_path / "out.h5ad").uns["itclust"]["provenance"]
     assert provenance["settings"]["max_iter"] == 1 and provenance["settings"]["min_confidence"] == 0.6
     assert any("a larger --max-iter" in w for w in result.stderr.splitlines())
     assert "max_iter" not in result.stderr
