@@ -75,8 +75,8 @@ def check_level(level: str, ontology: dict | None, reference: str) -> None:
 def at_level(result, ontology: dict | None, level: str):
     """``result`` with the ontology columns added to ``obs`` (``fine_label``, ``coarse_label``,
     ``ontology_id`` of the fine label and ``coarse_ontology_id``) and, at ``level="coarse"``, its labels,
-    probabilities and cluster names at the coarse level (a coarse type's probability sums its fine types')."""
-    check_level(level, ontology, result.provenance.get("reference", ""))
+    probabilities and cluster names at the coarse level (a coarse type's probability sums its fine types').
+    ``level`` has passed :func:`check_level` (the transfer checks it before fine-tuning)."""
     if ontology is None:
         return result
     result.provenance["ontology"] = ontology
