@@ -4,6 +4,7 @@
 >>> model = ih.ItClust.from_pretrained("pancreas-human")
 >>> result = model.transfer(adata)
 >>> result.labels
+>>> ih.name_clusters(result, min_similarity=0.2).labels  # name again, without fine-tuning
 """
 
 __version__ = "0.1.0"
@@ -11,9 +12,10 @@ __version__ = "0.1.0"
 from ._errors import ItClustError, ItClustWarning
 from ._io import read_query
 from ._model import ItClust
+from ._naming import name_clusters
 from ._preprocess import Recipe
 from ._registry import list_references
 from ._result import TransferResult
 from ._train import train_reference
 
-__all__ = ["ItClust", "ItClustError", "ItClustWarning", "Recipe", "TransferResult", "list_references", "read_query", "train_reference", "__version__"]
+__all__ = ["ItClust", "ItClustError", "ItClustWarning", "Recipe", "TransferResult", "list_references", "name_clusters", "read_query", "train_reference", "__version__"]

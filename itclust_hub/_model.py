@@ -16,10 +16,11 @@ from ._errors import ItClustError, ItClustWarning
 from ._format import FORMAT_VERSION
 from ._impute import impute_missing
 from ._network import Encoder
-from ._ontology import at_level, check_level
+from ._ontology import check_level
 from ._preprocess import Recipe
 from ._query import prepare_query
-from ._result import UNASSIGNED, TransferResult, build_result
+from ._naming import build_result
+from ._result import UNASSIGNED, TransferResult
 from ._transfer import fine_tune
 
 
@@ -247,16 +248,10 @@ class ItClust:
             Self-training stops when fewer than ``tol`` of labels change between iterations, or after
             ``max_iter`` iterations of ``epochs_per_iter`` epochs.
         min_confidence, min_similarity
-            A cluster is named after the reference type most of its cells started self-training with
-            (ties go to the tied type its expression matches best), unless its mean expression correlates
-            best (over every measured gene) with another type and matches that type's at 0.5 or more over
-            the 500 measured genes that differ most between types: then it takes that type (``renamed``).
-            It is novel ("Unassigned") when its starting majority's share (ItClust's confidence) is below
-            ``min_confidence`` (renamed clusters excepted), when its similarity to its type over those 500
-            genes (corrected for the noise of a mean over few cells) is below ``min_similarity``, or when
-            another reference type's expression correlates better over every measured gene (each type's
-            correlation corrected for the noise of its profile, a mean over its training cells). A cluster's
-            expression weights its cells by their probability of the cluster.
+            Thresholds of the naming step (:func:`itclust_hub.name_clusters`, where its rules are listed): a
+            cluster is novel ("Unassigned") when the share of its cells that started self-training with its
+            type is below ``min_confidence``, or its expression's similarity to its type's is below
+            ``min_similarity``. ``name_clusters(result, ...)`` applies other thresholds without fine-tuning.
         level
             ``"fine"``: the reference's own types; ``"coarse"``: their coarse parents from the reference's
             Cell Ontology terms (``CD4 T`` for naive and memory CD4 T cells; probabilities summed). When the
@@ -330,7 +325,6 @@ class ItClust:
                          "min_similarity": min_similarity, "level": level, "seed": seed,
                          "max_cells_per_iter": max_cells_per_iter, "device": str(device)},
         }
-        result = build_result(outcome, self.cell_types, self.type_profiles.numpy(), self.type_counts,
-                              prepared.alignment.present, adata.obs_names, min_confidence, min_similarity, provenance,
-                              prepared.empty)
-        return at_level(result, self.ontology, level)
+        return build_result(outcome, self.cell_types, self.type_profiles.numpy(), self.type_counts,
+                            prepared.alignment.present, adata.obs_names, min_confidence, min_similarity, provenance,
+                            prepared.empty, ontology=self.ontology, level=level)

@@ -16,7 +16,7 @@ import itclust_hub as ih
 from itclust_hub._errors import ItClustError
 from itclust_hub._preprocess import detect_input_type
 from itclust_hub._query import prepare_query
-from itclust_hub._result import _correlations, _noise_corrected, _type_attenuation, build_result, informative_genes
+from itclust_hub._naming import _correlations, _noise_corrected, _type_attenuation, build_result, informative_genes
 from itclust_hub._transfer import FineTuneOutcome, _starting_centroids
 
 from _data import fine_tuned, read, small_reference

@@ -68,12 +68,35 @@ def test_coarse_level_reports_parents_and_obs_carries_the_ids():
     assert coarse.obs["fine_label"].equals(fine.labels) and coarse.obs["nearest_label"].isin(set(to_coarse.values())).all()
     assert list(coarse.probabilities.columns) == list(dict.fromkeys(to_coarse[t] for t in model.cell_types))
     np.testing.assert_allclose(coarse.probabilities.sum(1), fine.probabilities.sum(1), rtol=1e-5)
+    # the naming step re-run one level up, without fine-tuning, is the coarse transfer
+    again = ih.name_clusters(fine, level="coarse")
+    assert again.labels.equals(coarse.labels) and again.probabilities.equals(coarse.probabilities)
+    assert again.clusters.equals(coarse.clusters) and fine.obs["label"].equals(fine.obs["fine_label"])
     annotated = coarse.to_adata(query)
     assert {"itclust_coarse_label", "itclust_ontology_id"} <= set(annotated.obs.columns)
     # the query's own ids compare by meaning: Baron's cell_ontology_id against the reference's ids
     assert agreement(fine, query.obs["cell_ontology_id"]) >= 0.9
     with pytest.raises(ih.ItClustError, match="level must be one of fine, coarse"):
         model.transfer(query, level="lineage", progress=False)
+
+
+def test_naming_reruns_with_other_thresholds_without_fine_tuning():
+    model = ih.ItClust.from_pretrained("pancreas-human")
+    query = baron_query()
+    default = model.transfer(query, progress=False)
+    before = default.obs.copy()
+    strict = model.transfer(query, min_confidence=0.9, min_similarity=0.8, progress=False)
+    again = ih.name_clusters(default, min_confidence=0.9, min_similarity=0.8)
+    assert strict.clusters["novel"].sum() > default.clusters["novel"].sum()  # the thresholds matter here
+    assert again.obs.equals(strict.obs) and again.clusters.equals(strict.clusters)
+    assert again.probabilities.equals(strict.probabilities)
+    assert again.provenance["settings"] == strict.provenance["settings"]
+    assert default.obs.equals(before)  # the result named again is not modified
+    assert ih.name_clusters(again).obs.equals(default.obs)  # and naming with the defaults gives it back
+    with pytest.raises(ih.ItClustError, match="level must be one of fine, coarse"):
+        ih.name_clusters(default, level="lineage")
+    with pytest.raises(ih.ItClustError, match="no cluster evidence"):
+        ih.name_clusters(ih.TransferResult(default.obs, default.probabilities, default.clusters, default.embedding))
 
 
 def without_ontology(tmp_path):
