@@ -4,7 +4,7 @@
 >>> model = ih.ItClust.from_pretrained("pancreas-human")
 >>> result = model.transfer(adata)
 >>> result.labels
->>> ih.name_clusters(result, min_similarity=0.2).labels  # name again, without fine-tuning
+>>> ih.name_clusters(result, level="coarse").labels  # name again, without fine-tuning
 """
 
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ class ItClustWarning(UserWarning):
 # for token= the environment variable (the commands take no token option).
 _CLI_OPTIONS = {name: "--" + name.replace("_", "-") for name in (
     "format", "layer", "use_raw", "gene_key", "input_type", "query_organism", "orthologs", "scale", "revision",
-    "seed", "device", "force", "max_iter", "min_confidence", "min_similarity", "min_overlap", "label_key",
+    "seed", "device", "force", "max_iter", "min_confidence", "min_overlap", "label_key",
     "organism", "small_types", "min_cells_per_type", "truth_key", "pretrain_epochs", "epochs")} | {
     "token": "HF_TOKEN"}
 # name=True (a flag), name= (followed by a value or not); a bare name only where it has an underscore, so

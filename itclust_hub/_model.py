@@ -198,7 +198,6 @@ class ItClust:
         batch_size: int = 256,
         lr: float = 0.01,
         min_confidence: float = 0.5,
-        min_similarity: float = 0.3,
         level: str = "fine",
         seed: int = 0,
         device: str = "cpu",
@@ -247,11 +246,10 @@ class ItClust:
         tol, max_iter, epochs_per_iter, batch_size, lr
             Self-training stops when fewer than ``tol`` of labels change between iterations, or after
             ``max_iter`` iterations of ``epochs_per_iter`` epochs.
-        min_confidence, min_similarity
-            Thresholds of the naming step (:func:`itclust_hub.name_clusters`, where its rules are listed): a
-            cluster is novel ("Unassigned") when the share of its cells that started self-training with its
-            type is below ``min_confidence``, or its expression's similarity to its type's is below
-            ``min_similarity``. ``name_clusters(result, ...)`` applies other thresholds without fine-tuning.
+        min_confidence
+            Threshold of the naming step (:func:`itclust_hub.name_clusters`, where its rules are listed): a
+            cluster is novel ("Unassigned") when under this share of its cells started self-training with its
+            type. ``name_clusters(result, ...)`` applies another threshold or level without fine-tuning.
         level
             ``"fine"``: the reference's own types; ``"coarse"``: their coarse parents from the reference's
             Cell Ontology terms (``CD4 T`` for naive and memory CD4 T cells; probabilities summed). When the
@@ -322,9 +320,9 @@ class ItClust:
             "n_iter": outcome.n_iter, "converged": outcome.converged, "changed": outcome.changed,
             "settings": {"tol": tol, "max_iter": max_iter, "epochs_per_iter": epochs_per_iter,
                          "batch_size": batch_size, "lr": lr, "min_confidence": min_confidence,
-                         "min_similarity": min_similarity, "level": level, "seed": seed,
+                         "level": level, "seed": seed,
                          "max_cells_per_iter": max_cells_per_iter, "device": str(device)},
         }
-        return build_result(outcome, self.cell_types, self.type_profiles.numpy(), self.type_counts,
-                            prepared.alignment.present, adata.obs_names, min_confidence, min_similarity, provenance,
-                            prepared.empty, ontology=self.ontology, level=level)
+        return build_result(outcome, self.cell_types, self.type_profiles.numpy(), prepared.alignment.present,
+                            adata.obs_names, min_confidence, provenance, prepared.empty, ontology=self.ontology,
+                            level=level)

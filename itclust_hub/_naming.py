@@ -17,17 +17,9 @@ from ._network import cell_probabilities
 from ._ontology import at_level, check_level
 from ._result import UNASSIGNED, TransferResult
 
+# Why each constant has its value, and the studies it was checked on: benchmarks/RESULTS.md, "Naming rules".
 INFORMATIVE_GENES = 500  # genes a cluster's similarity to a reference type is measured on
-# A cluster whose expression correlates best with another reference type takes that type when it matches it
-# at least this well over the informative genes: known clusters on held-out Baron donors matched their type at
-# >= 0.49 (14 saved runs); clusters of cells of a type the reference lacked matched their closest type at
-# 0.20-0.37 (seed 0 of every benchmark pair).
-RENAME_SIMILARITY = 0.5
-# The noise correction of a cluster's similarity (see _noise_corrected) divides it by the square root of its
-# profile's estimated reliability, taken as at least this: a profile estimated to be all noise would otherwise
-# turn any correlation into +-1 (the boost is at most sqrt(10), 3.2x). Clusters of 1-30 cells on seed 0's panels
-# and the bundled example ranged 0.31-0.97; a lone cell whose noise is twice its type's spread, 0.2.
-MIN_RELIABILITY = 0.1
+RENAME_SIMILARITY = 0.5  # least similarity to the closest type for a cluster to take that type
 
 
 @dataclass(frozen=True)
@@ -39,20 +31,17 @@ class ClusterEvidence:
     cell_types: list[str]
     ontology: dict | None  # reference type -> Cell Ontology terms (see _ontology), or None
     type_profiles: np.ndarray  # types x reference genes: mean scaled expression of each type's training cells
-    type_counts: np.ndarray  # types: training cells of each type
     present: np.ndarray  # reference genes: whether the query measures it
     votes: np.ndarray  # clusters x types: cells of each cluster by the type they started self-training with
     profiles: np.ndarray  # clusters x genes: mean scaled expression, cells weighted by their probability
-    effective_sizes: np.ndarray  # clusters: the noise-wise size of each weighted mean
-    within_variance: np.ndarray  # genes: variance of the scaled expression within clusters, pooled
     clusters: np.ndarray  # cells: final cluster
     cluster_probabilities: np.ndarray  # cells x clusters: soft assignment, squared and renormalised
     source_codes: np.ndarray  # cells: the source network's direct prediction (type index)
     empty: np.ndarray  # every cell: no expression in any gene the reference reads
 
 
-def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, type_counts, present: np.ndarray,
-                 obs_names, min_confidence: float, min_similarity: float, provenance: dict,
+def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, present: np.ndarray, obs_names,
+                 min_confidence: float, provenance: dict,
                  empty: np.ndarray | None = None, *, ontology: dict | None = None,
                  level: str = "fine") -> TransferResult:
     """The :class:`TransferResult` of a fine-tuning ``outcome``: its evidence, named by :func:`name_clusters`.
@@ -68,9 +57,7 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, type
     empty = np.zeros(len(outcome.clusters), bool) if empty is None else np.asarray(empty, bool)
     evidence = ClusterEvidence(
         cell_types=list(cell_types), ontology=ontology, type_profiles=np.asarray(type_profiles),
-        type_counts=np.asarray(type_counts, dtype=np.float64), present=np.asarray(present, bool), votes=votes,
-        profiles=outcome.cluster_profiles, effective_sizes=outcome.effective_sizes,
-        within_variance=outcome.within_variance, clusters=outcome.clusters,
+        present=np.asarray(present, bool), votes=votes, profiles=outcome.cluster_profiles, clusters=outcome.clusters,
         cluster_probabilities=cell_probabilities(outcome.q.astype(np.float64)).astype(np.float32),
         source_codes=outcome.source_codes, empty=empty)
     blank = np.zeros(outcome.embedding.shape[1:], outcome.embedding.dtype) if outcome.blank_embedding is None else (
@@ -78,15 +65,14 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, type
     unnamed = TransferResult(obs=pd.DataFrame(index=pd.Index(obs_names, name=None)), probabilities=pd.DataFrame(),
                              clusters=pd.DataFrame(), embedding=_spread(outcome.embedding, empty, blank),
                              provenance=provenance, evidence=evidence)
-    return name_clusters(unnamed, min_confidence=min_confidence, min_similarity=min_similarity, level=level)
+    return name_clusters(unnamed, min_confidence=min_confidence, level=level)
 
 
-def name_clusters(result: TransferResult, *, min_confidence: float = 0.5, min_similarity: float = 0.3,
-                  level: str = "fine") -> TransferResult:
+def name_clusters(result: TransferResult, *, min_confidence: float = 0.5, level: str = "fine") -> TransferResult:
     """Name the clusters of a transfer's ``result`` again, with these thresholds or at this ``level``; a new
     :class:`TransferResult` (``result`` is not modified; embedding and clusters are shared). No fine-tuning
-    is repeated: ``ItClust.transfer(...)`` followed by ``name_clusters(result, min_similarity=0.2)`` is
-    what ``transfer(..., min_similarity=0.2)`` returns.
+    is repeated: ``ItClust.transfer(...)`` followed by ``name_clusters(result, min_confidence=0.8)`` is
+    what ``transfer(..., min_confidence=0.8)`` returns.
 
     The rules, in order:
 
@@ -99,15 +85,12 @@ def name_clusters(result: TransferResult, *, min_confidence: float = 0.5, min_si
     3. **Confidence.** Its ``confidence`` is the share of its cells that started with its type (ItClust's
        share of labels kept); below ``min_confidence`` it is novel (renamed clusters excepted: their cells
        started as another type by construction).
-    4. **Similarity.** Its ``similarity`` is the correlation of its mean expression with its type's over the
-       informative genes, corrected for the noise of a mean over few cells (:func:`_noise_corrected`); below
-       ``min_similarity`` it is novel.
-    5. **Closest type.** It is novel when another type's expression correlates better with its own over
-       every measured gene (``closest_type``; each type's correlation corrected for the noise of its
-       profile, a mean over its training cells: :func:`_type_attenuation`).
+    4. **Closest type.** It is novel when another type's mean expression correlates better with its own over
+       every measured gene (``closest_type``).
 
-    A cluster's mean expression weights its cells by their probability of the cluster. Novel clusters'
-    cells are labelled ``"Unassigned"``; ``nearest_label`` keeps the type. ``level="coarse"`` reports
+    ``similarity`` is the correlation of its mean expression with its type's over the informative genes (it
+    decides renaming, not novelty). A cluster's mean expression weights its cells by their probability of
+    the cluster. Novel clusters' cells are labelled ``"Unassigned"``; ``nearest_label`` keeps the type. ``level="coarse"`` reports
     labels, probabilities and cluster names at the reference's coarse Cell Ontology level. Why each rule
     and constant is kept, and the studies it was checked on: ``benchmarks/RESULTS.md``.
     """
@@ -116,7 +99,7 @@ def name_clusters(result: TransferResult, *, min_confidence: float = 0.5, min_si
         raise ItClustError("this result carries no cluster evidence to name clusters from; pass the result that "
                            "ItClust.transfer returned")
     check_level(level, evidence.ontology, result.provenance.get("reference", "this"))
-    clusters, per_cell_named = _name(evidence, min_confidence, min_similarity)
+    clusters, per_cell_named = _name(evidence, min_confidence)
     names = np.asarray(evidence.cell_types, dtype=object)
     c, empty = evidence.clusters, evidence.empty
     probability = evidence.cluster_probabilities
@@ -133,15 +116,14 @@ def name_clusters(result: TransferResult, *, min_confidence: float = 0.5, min_si
         "empty": empty,
     }, index=result.obs.index)
     probabilities = spread((probability @ np.eye(len(names), dtype=np.float32)[per_cell_named]).astype(np.float32), 0.0)
-    settings = {**result.provenance.get("settings", {}), "min_confidence": min_confidence,
-                "min_similarity": min_similarity, "level": level}
+    settings = {**result.provenance.get("settings", {}), "min_confidence": min_confidence, "level": level}
     named = dataclasses.replace(
         result, obs=obs, probabilities=pd.DataFrame(probabilities, index=obs.index, columns=list(names)),
         clusters=clusters[clusters["size"] > 0].copy(), provenance={**result.provenance, "settings": settings})
     return at_level(named, evidence.ontology, level)
 
 
-def _name(evidence: ClusterEvidence, min_confidence: float, min_similarity: float):
+def _name(evidence: ClusterEvidence, min_confidence: float):
     """The cluster table (every cluster, empty ones included) and each cluster's reference type index."""
     names = np.asarray(evidence.cell_types, dtype=object)
     votes, type_profiles, present = evidence.votes, evidence.type_profiles, evidence.present
@@ -150,12 +132,8 @@ def _name(evidence: ClusterEvidence, min_confidence: float, min_similarity: floa
     genes = informative_genes(type_profiles, present)
     profiles = evidence.profiles[:, : len(present)]  # any context genes' columns follow the reference's
     similarities = _correlations(profiles[:, genes], type_profiles[:, genes])
-    levels = _noise_corrected(similarities, profiles[:, genes], evidence.within_variance[genes],
-                              evidence.effective_sizes)
     measured = np.flatnonzero(present)
-    correlations = np.clip(  # over every measured gene
-        _correlations(profiles[:, measured], type_profiles[:, measured])
-        / _type_attenuation(type_profiles, evidence.type_counts, measured)[None, :], -1, 1)
+    correlations = _correlations(profiles[:, measured], type_profiles[:, measured])  # over every measured gene
     closest = correlations.argmax(1)
     rows = np.arange(n_clusters)
     # the type most of each cluster's cells started self-training with (votes are whole numbers, the added
@@ -164,14 +142,13 @@ def _name(evidence: ClusterEvidence, min_confidence: float, min_similarity: floa
     renamed = (closest != started) & (similarities[rows, closest] >= RENAME_SIMILARITY)
     named = np.where(renamed, closest, started)
     confidence = np.divide(votes[rows, named], sizes, out=np.zeros(n_clusters), where=sizes > 0)
-    similarity = levels[rows, named]
-    novel = ((confidence < min_confidence) & ~renamed) | (similarity < min_similarity) | (closest != named)
+    novel = ((confidence < min_confidence) & ~renamed) | (closest != named)
     table = pd.DataFrame({
         "label": np.where(novel, UNASSIGNED, names[named]),
         "nearest_label": names[named],
         "size": sizes,
         "confidence": confidence,
-        "similarity": similarity,
+        "similarity": similarities[rows, named],
         "closest_type": names[closest],
         "renamed": renamed,
         "novel": novel,
@@ -194,46 +171,12 @@ def informative_genes(type_profiles: np.ndarray, present: np.ndarray) -> np.ndar
     expression varies most between reference types.
 
     Correlating profiles over these rather than over every gene keeps a small cluster's own noise from
-    drowning its type's signal (10-cell gamma clusters: 0.3 over all 2,000 genes, 0.7 over these, on Baron).
-    A fixed number rather than a share: a quarter of the genes an ortholog-mapped query measures made a
-    mouse alpha cluster correlate better with human beta.
+    drowning its type's signal; a fixed number rather than a share of the measured genes (see
+    ``benchmarks/RESULTS.md``, "Naming rules").
     """
     measured = np.flatnonzero(present)
     spread = type_profiles[:, measured].var(0)
     return np.sort(measured[np.argsort(spread, kind="stable")[::-1][:INFORMATIVE_GENES]])
-
-
-def _attenuation(profiles: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """The square root of each profile's reliability: the share of its variance over the genes (rows of
-    ``profiles``) that its estimated ``noise`` variance (one per profile) does not explain, taken as at least
-    ``MIN_RELIABILITY``. A correlation divided by it is corrected for that noise (Spearman's correction)."""
-    spread = profiles.var(1)
-    reliability = np.divide(spread - noise, spread, out=np.ones(len(spread)), where=spread > 0)
-    return np.sqrt(np.clip(reliability, MIN_RELIABILITY, 1))
-
-
-def _noise_corrected(similarities: np.ndarray, profiles: np.ndarray, within_variance: np.ndarray,
-                     sizes: np.ndarray) -> np.ndarray:
-    """``similarities`` (clusters x types), the correlations of the cluster mean ``profiles`` (clusters x
-    genes) with the types' profiles, corrected for the noise of a mean over few cells: each row is divided by
-    the :func:`_attenuation` of its profile, whose noise is the cells' pooled ``within_variance`` (per gene,
-    averaged) / its size (the effective size of a weighted mean).
-
-    A lone cell's profile is mostly noise, so its correlation with its own type is low where a large
-    cluster's would not be (human3's one T cell on a 25% panel: 0.26); large clusters change by 0.02 or less.
-    """
-    noise = within_variance.mean() / np.maximum(sizes, 1)
-    return np.clip(similarities / _attenuation(profiles, noise)[:, None], -1, 1)
-
-
-def _type_attenuation(type_profiles: np.ndarray, type_counts, genes: np.ndarray) -> np.ndarray:
-    """:func:`_attenuation` of each reference type's profile over ``genes``, a mean over its ``type_counts``
-    training cells. The reference scaled every gene to unit variance over its training cells, so the variance
-    within types is what the types' means leave: 1 - sum over types of (share of cells x mean squared)."""
-    counts = np.asarray(type_counts, dtype=np.float64)
-    means = type_profiles[:, genes].astype(np.float64)
-    within = np.clip(1 - ((counts / counts.sum())[:, None] * means**2).sum(0), 0, None)
-    return _attenuation(means, within.mean() / np.maximum(counts, 1))
 
 
 def _correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -242,17 +242,14 @@ def plot_confidence(result) -> Figure:
                   label="confidence (share that started as its type)")
     ax_score.barh(y + height / 2, clusters["similarity"], height, color=SIMILARITY_COLOR,
                   label="similarity (correlation with its type)")
-    low = {}
-    for key, column, color, name in (("min_confidence", "confidence", CONFIDENCE_COLOR, "confidence"),
-                                     ("min_similarity", "similarity", SIMILARITY_COLOR, "similarity")):
-        if key in settings:
-            ax_score.axvline(settings[key], color=color, linestyle="--", linewidth=1.4,
-                             label=f"novel if {name} < {settings[key]:g}")
-            low[name] = clusters[column].to_numpy() < settings[key]
+    threshold = settings.get("min_confidence")
+    if threshold is not None:
+        ax_score.axvline(threshold, color=CONFIDENCE_COLOR, linestyle="--", linewidth=1.4,
+                         label=f"novel if confidence < {threshold:g}")
     for i, novel in enumerate(clusters["novel"]):
         if novel:
             ax_score.axhspan(i - 0.5, i + 0.5, color=NOVEL_COLOR, alpha=0.1, linewidth=0)
-            reasons = [f"low {name}" for name, flags in low.items() if flags[i]]
+            reasons = ["low confidence"] if threshold is not None and clusters["confidence"].iloc[i] < threshold else []
             closest = clusters["closest_type"].iloc[i]
             if closest != clusters["nearest_label"].iloc[i]:
                 reasons.append(f"closer to {closest}")

@@ -46,8 +46,6 @@ class FineTuneOutcome:
     q: np.ndarray  # cells x clusters soft assignment
     embedding: np.ndarray  # cells x latent
     cluster_profiles: np.ndarray  # clusters x genes mean scaled expression, cells weighted by their probability
-    effective_sizes: np.ndarray  # clusters: (sum of those weights)^2 / sum of their squares, the mean's noise-wise size
-    within_variance: np.ndarray  # genes: variance of the scaled expression within clusters, pooled over them
     n_iter: int
     converged: bool
     changed: list[float]  # share of labels changed at each iteration
@@ -124,12 +122,11 @@ def _ordered_map(fn, items, workers: int):
 
 
 def _pass(encoder: Encoder, centroids: torch.Tensor, data: ScaledMatrix, *, sparse: bool, device,
-          profiles: bool = True, squares: bool = False, workers: int = 1):
-    """One ordered pass: embedding, soft assignment, with ``profiles`` the per-cluster sums of the scaled
-    expression's offsets from a zero entry (``delta``) as ``(sums, sizes, weighted sums, weights, squared
-    weights)``, each cell weighted by its probability of its cluster (:func:`cell_probabilities`), and with
-    ``squares`` each gene's sum of squared offsets over all cells (else None). Chunks are processed on
-    ``workers`` threads; the result does not depend on their number."""
+          profiles: bool = True, workers: int = 1):
+    """One ordered pass: embedding, soft assignment and, with ``profiles``, the per-cluster sums of the scaled
+    expression's offsets from a zero entry (``delta``) and of the weights, as ``(weighted sums, weights)``,
+    each cell weighted by its probability of its cluster (:func:`cell_probabilities`). Chunks are processed
+    on ``workers`` threads; the result does not depend on their number."""
     k = len(centroids)
 
     @torch.no_grad()  # grad mode is per thread: set it in the worker
@@ -144,30 +141,20 @@ def _pass(encoder: Encoder, centroids: torch.Tensor, data: ScaledMatrix, *, spar
         if profiles:
             labels = q.argmax(1).numpy()
             weights = cell_probabilities(q.double()).max(1).values.numpy()
-            cells = np.arange(len(labels))
-            # rows 0..k-1 add each cell to its cluster once, rows k..2k-1 weighted: one product for both sums
-            indicator = sp.csr_matrix((np.concatenate([np.ones(len(labels)), weights]),
-                                       (np.concatenate([labels, labels + k]), np.concatenate([cells, cells]))),
-                                      shape=(2 * k, len(labels)))
-            both = (indicator @ delta).toarray()
-            sums = (both[:k], np.bincount(labels, minlength=k), both[k:],
-                    np.bincount(labels, weights, minlength=k), np.bincount(labels, weights**2, minlength=k))
-        squared = np.asarray(delta.power(2).sum(0), dtype=np.float64).ravel() if squares else None
-        return z, q, sums, squared
+            indicator = sp.csr_matrix((weights, (labels, np.arange(len(labels)))), shape=(k, len(labels)))
+            sums = ((indicator @ delta).toarray(), np.bincount(labels, weights, minlength=k))
+        return z, q, sums
 
     z_all = torch.empty(data.n_cells, encoder.layers[-1].out_features)
     q_all = torch.empty(data.n_cells, k)
-    totals = (np.zeros((k, data.n_genes)), np.zeros(k), np.zeros((k, data.n_genes)), np.zeros(k), np.zeros(k))
-    gene_squares = np.zeros(data.n_genes) if squares else None
+    totals = (np.zeros((k, data.n_genes)), np.zeros(k))
     bounds = [(start, min(start + PASS_ROWS, data.n_cells)) for start in range(0, data.n_cells, PASS_ROWS)]
-    for (start, stop), (z, q, part, squared) in zip(bounds, _ordered_map(chunk, bounds, workers)):
+    for (start, stop), (z, q, part) in zip(bounds, _ordered_map(chunk, bounds, workers)):
         z_all[start:stop] = z
         q_all[start:stop] = q
         if part is not None:
             totals = tuple(total + more for total, more in zip(totals, part))
-        if squared is not None:
-            gene_squares += squared
-    return z_all, q_all, totals, gene_squares
+    return z_all, q_all, totals
 
 
 def _starting_centroids(z: torch.Tensor, q_source: torch.Tensor) -> torch.Tensor:
@@ -193,6 +180,7 @@ def fine_tune(
     *,
     tol: float,
     max_iter: int,
+    min_iter: int = 1,
     epochs_per_iter: int,
     batch_size: int,
     lr: float,
@@ -218,13 +206,13 @@ def fine_tune(
     on_cpu = device.type == "cpu"
     workers = (torch.get_num_threads() if workers is None else workers) if on_cpu else 1
     with _intra_op_threads(1 if on_cpu else None):
-        return _fine_tune(encoder, source_centroids, data, tol=tol, max_iter=max_iter, epochs_per_iter=epochs_per_iter,
+        return _fine_tune(encoder, source_centroids, data, tol=tol, max_iter=max_iter, min_iter=min_iter, epochs_per_iter=epochs_per_iter,
                           batch_size=batch_size, lr=lr, seed=seed, progress=progress,
                           max_cells_per_iter=max_cells_per_iter, device=device,
                           sparse=data.density < SPARSE_MAX_DENSITY if sparse is None else sparse, workers=workers)
 
 
-def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, epochs_per_iter, batch_size, lr,
+def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, min_iter, epochs_per_iter, batch_size, lr,
                seed, progress, max_cells_per_iter, device, sparse, workers) -> FineTuneOutcome:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -232,8 +220,7 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, 
     per_iter = n if max_cells_per_iter is None else min(n, max(int(max_cells_per_iter), 1))
     encoder = copy.deepcopy(encoder).to(device)
     passing = dict(sparse=sparse, device=device, workers=workers)
-    z, q_source, _, squares = _pass(encoder, source_centroids.to(device), data, profiles=False, squares=True,
-                                    **passing)
+    z, q_source, _ = _pass(encoder, source_centroids.to(device), data, profiles=False, **passing)
     source_codes = q_source.argmax(1).numpy()
     kept = np.unique(source_codes)
     centroids = nn.Parameter(_starting_centroids(z, q_source)[torch.as_tensor(kept)].to(device))
@@ -256,26 +243,22 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, 
                     loss.backward()
                     opt.step()
             del view, p
-            z, q, cluster_sums, _ = _pass(encoder, centroids.detach(), data, **passing)
+            z, q, cluster_sums = _pass(encoder, centroids.detach(), data, **passing)
             labels = q.argmax(1).numpy()
             changed.append(float(np.mean(labels != last)))
             last = labels
             bar.update(1)
             bar.set_postfix(changed=f"{changed[-1]:.4f}")
-            if changed[-1] < tol:
+            if changed[-1] < tol and it >= min_iter:
                 converged = True
                 break
     clusters = q.argmax(1).numpy()
-    sums, counts, weighted_sums, weights, squared_weights = cluster_sums
+    weighted_sums, weights = cluster_sums
     # a weighted mean of the offsets plus the zero entry is the weighted mean of the scaled expression
     filled = weights[:, None] > 0
     profiles = np.divide(weighted_sums + weights[:, None] * data.zero.numpy().astype(np.float64), weights[:, None],
                          out=np.zeros_like(weighted_sums), where=filled)
-    effective_sizes = np.divide(weights**2, squared_weights, out=np.zeros_like(weights), where=squared_weights > 0)
-    # within-cluster sum of squares = all cells' less each cluster's size x its squared mean (delta's = the expression's)
-    within = squares - (sums**2 / np.maximum(counts, 1)[:, None]).sum(0)
-    within_variance = np.maximum(within, 0) / max(n - np.count_nonzero(counts), 1)
     with torch.no_grad():
         blank = encoder(data.zero[None].to(device))[0].cpu().numpy()
     return FineTuneOutcome(source_codes, start_codes, clusters, q.numpy(), z.numpy(), profiles.astype(np.float32),
-                           effective_sizes, within_variance, it, converged, changed, blank)
+                           it, converged, changed, blank)

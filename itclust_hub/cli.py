@@ -254,8 +254,6 @@ def _plural(n: int, noun: str) -> str:
               help="Most self-training iterations (default: the library's, 30).")
 @click.option("--min-confidence", type=click.FloatRange(0, 1),
               help="Least share of a cluster's cells starting as its type, else it is novel (default: 0.5).")
-@click.option("--min-similarity", type=click.FloatRange(-1, 1),
-              help="Least similarity of a cluster's expression to its type's, else it is novel (default: 0.3).")
 @click.option("--min-overlap", type=click.FloatRange(0, 1),
               help="Least share of the reference's genes the query must measure (default: 0.05).")
 @click.option("--tables", type=click.Path(file_okay=False, path_type=Path),
@@ -266,7 +264,7 @@ def _plural(n: int, noun: str) -> str:
 @click.option("--force", is_flag=True, help="Overwrite the output files this command writes (nothing else).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (bars show only on a terminal anyway).")
 def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_organism, orthologs, scale,
-             revision, level, seed, device, max_iter, min_confidence, min_similarity, min_overlap, tables, report, truth_key,
+             revision, level, seed, device, max_iter, min_confidence, min_overlap, tables, report, truth_key,
              force, no_progress) -> None:
     """Annotate QUERY with reference NAME and write the annotated OUT.h5ad.
 
@@ -296,7 +294,7 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
         raise ItClustError(f"--truth-key {truth_key!r} is not an obs column of {query} "
                            f"(have {', '.join(map(str, adata.obs.columns)) or 'none'})")
     settings = {key: value for key, value in {"max_iter": max_iter, "min_confidence": min_confidence,
-                                              "min_similarity": min_similarity, "min_overlap": min_overlap}.items()
+                                              "min_overlap": min_overlap}.items()
                 if value is not None}
     with warnings.catch_warnings():  # printed below, with the report's
         warnings.simplefilter("ignore", ItClustWarning)

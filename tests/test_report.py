@@ -128,7 +128,7 @@ def synthetic_result(labels, nearest, novel) -> TransferResult:
     clusters["renamed"] = False
     probabilities = pd.DataFrame(0.0, index=cells, columns=["alpha", "beta", "delta"])
     return TransferResult(obs, probabilities, clusters, np.zeros((len(cells), 2)),
-                          {"reference": "toy", "settings": {"min_confidence": 0.5, "min_similarity": 0.3}})
+                          {"reference": "toy", "settings": {"min_confidence": 0.5}})
 
 
 def test_agreement_and_confusion_heatmap():

@@ -117,10 +117,9 @@ def test_sparse_first_layer_equals_the_dense_one_on_a_panel_with_context_genes(m
     _sparse_equals_dense(model._encoder_for(prepared), model.centroids, prepared.data)
 
 
-def test_cluster_profiles_and_within_variance_match_the_scaled_rows(model, query):
-    # The passes sum the sparse offsets from a zero entry; the result must equal the dense scaled rows' figures:
-    # profiles weighted by each cell's probability of its cluster (with the matching effective sizes), the
-    # variance within clusters around their plain means.
+def test_cluster_profiles_match_the_scaled_rows(model, query):
+    # The passes sum the sparse offsets from a zero entry; the result must equal the dense scaled rows' means,
+    # each cell weighted by its probability of its cluster.
     out, rows = fine_tuned(model, query, max_iter=2)
     k = len(out.cluster_profiles)
     weights = cell_probabilities(out.q.astype(np.float64)).max(1)
@@ -134,10 +133,6 @@ def test_cluster_profiles_and_within_variance_match_the_scaled_rows(model, query
     weighted, plain = means(weights), means(np.ones(len(rows)))
     np.testing.assert_allclose(out.cluster_profiles[filled], weighted[filled], atol=1e-4)
     assert np.abs(weighted - plain)[filled].max() > 1e-2  # the weights matter
-    effective = np.bincount(out.clusters, weights, k) ** 2 / np.bincount(out.clusters, weights**2, k)
-    np.testing.assert_allclose(out.effective_sizes[filled], effective[filled], rtol=1e-5)
-    within = ((rows - plain[out.clusters]) ** 2).sum(0) / (len(rows) - filled.sum())
-    np.testing.assert_allclose(out.within_variance, within, rtol=1e-4, atol=1e-6)
 
 
 def _sparse_equals_dense(encoder, centroids, data):
