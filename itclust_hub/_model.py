@@ -244,8 +244,9 @@ class ItClust:
             is of the reference's organism and measures at least half of its genes, else ``"own"``. What
             was used is in ``result.provenance["scale"]``.
         tol, max_iter, epochs_per_iter, batch_size, lr
-            Self-training stops when fewer than ``tol`` of labels change between iterations, or after
-            ``max_iter`` iterations of ``epochs_per_iter`` epochs.
+            Self-training stops when fewer than ``tol`` of labels change between iterations (checked from
+            the fifth iteration on: ``_transfer.MIN_ITER``), or after ``max_iter`` iterations of
+            ``epochs_per_iter`` epochs.
         min_confidence
             Threshold of the naming step (:func:`itclust_hub.name_clusters`, where its rules are listed): a
             cluster is novel ("Unassigned") when under this share of its cells started self-training with its

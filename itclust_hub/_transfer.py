@@ -1,8 +1,8 @@
 """Target-side fine-tuning (ItClust's target network): start from the source encoder, label the
 target with the source network, re-centre the clusters on the target's own embedding (weighted by the
 source network's certainty), then DEC self-training until fewer than ``tol`` of the labels change between
-iterations. The clusters are named afterwards (``_result.build_result``) after the type most of their
-cells started self-training with.
+iterations (after at least ``MIN_ITER`` iterations). The clusters are named afterwards
+(``_naming.name_clusters``).
 
 Cost and memory: every iteration makes one ordered pass over all cells (embedding, soft assignment ``q``,
 label changes), in chunks of ``PASS_ROWS`` cells, with the first layer applied to the sparse input
@@ -32,6 +32,10 @@ from ._network import Encoder, cell_probabilities, kl_loss, soft_assign, target_
 from ._progress import progress_bar
 
 CERTAINTY_POWER = 4  # weight of a cell in its type's starting centroid: source probability ** this
+# Self-training runs at least this many iterations before the stopping rule (labels changed < tol) applies:
+# re-centring often changes under tol of the labels at the first iteration of a query from another study, which
+# stopped ItClust's self-training before it began (benchmarks/RESULTS.md, "Fine-tuning schedule").
+MIN_ITER = 5
 PASS_ROWS = 4096  # cells per chunk of an ordered pass; fixed so that results do not depend on memory settings
 SPARSE_MAX_DENSITY = 0.5  # the first layer runs on the sparse input below this share of nonzeros (measured: sparse wins up to 0.5)
 
@@ -180,7 +184,6 @@ def fine_tune(
     *,
     tol: float,
     max_iter: int,
-    min_iter: int = 1,
     epochs_per_iter: int,
     batch_size: int,
     lr: float,
@@ -206,13 +209,13 @@ def fine_tune(
     on_cpu = device.type == "cpu"
     workers = (torch.get_num_threads() if workers is None else workers) if on_cpu else 1
     with _intra_op_threads(1 if on_cpu else None):
-        return _fine_tune(encoder, source_centroids, data, tol=tol, max_iter=max_iter, min_iter=min_iter, epochs_per_iter=epochs_per_iter,
+        return _fine_tune(encoder, source_centroids, data, tol=tol, max_iter=max_iter, epochs_per_iter=epochs_per_iter,
                           batch_size=batch_size, lr=lr, seed=seed, progress=progress,
                           max_cells_per_iter=max_cells_per_iter, device=device,
                           sparse=data.density < SPARSE_MAX_DENSITY if sparse is None else sparse, workers=workers)
 
 
-def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, min_iter, epochs_per_iter, batch_size, lr,
+def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, epochs_per_iter, batch_size, lr,
                seed, progress, max_cells_per_iter, device, sparse, workers) -> FineTuneOutcome:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -249,7 +252,7 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, 
             last = labels
             bar.update(1)
             bar.set_postfix(changed=f"{changed[-1]:.4f}")
-            if changed[-1] < tol and it >= min_iter:
+            if changed[-1] < tol and it >= MIN_ITER:
                 converged = True
                 break
     clusters = q.argmax(1).numpy()
