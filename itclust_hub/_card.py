@@ -1,12 +1,13 @@
 """Model cards: a Hugging Face README.md with YAML front matter (license, tags, datasets, model-index),
-rendered from a reference's own config and, when given, the training pipeline's measured evaluation.
+rendered with ``huggingface_hub``'s ``ModelCard`` and ``ModelCardData`` from a reference's own config and, when
+given, the training pipeline's measured evaluation.
 
 Every number on a card comes from the config or the evaluation passed in; nothing is typed by hand.
 """
 
 from __future__ import annotations
 
-import json
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 ITCLUST_CITATION = ("Hu J, Li X, Hu G, Lyu Y, Susztak K, Li M. Iterative transfer learning with neural network for "
                     "clustering and cell type classification in single-cell RNA-seq analysis. "
@@ -17,41 +18,37 @@ SCORE_NAMES = {"label": "final label", "nearest_label": "nearest reference type"
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "ari": "ARI"}
 
 
-def _quoted(text) -> str:
-    """A YAML double-quoted scalar (JSON string syntax is valid YAML)."""
-    return json.dumps(str(text))
+def _eval_results(title: str, dataset: str, dataset_name: str, level: str, split: str,
+                  scores: dict) -> list[EvalResult]:
+    """One Hub evaluation result per metric of the final label and the nearest reference type. The Hub tells
+    results apart by task, dataset, config and split: the label level is the config, the cells scored the split."""
+    return [EvalResult(task_type="cell-type-annotation", task_name=title, dataset_type=dataset,
+                       dataset_name=dataset_name, dataset_config=level, dataset_split=split, metric_type=metric,
+                       metric_name=f"{METRIC_NAMES[metric]} ({SCORE_NAMES[column]})",
+                       metric_value=round(float(value), 4))
+            for column in ("label", "nearest_label") for metric, value in scores[column].items()]
 
 
-def _metric_block(title: str, dataset: str, dataset_name: str, scores: dict) -> list[str]:
-    lines = ["  - task:", "      type: cell-type-annotation", f"      name: {_quoted(title)}", "    dataset:",
-             f"      type: {_quoted(dataset)}", f"      name: {_quoted(dataset_name)}", "    metrics:"]
-    for column in ("label", "nearest_label"):
-        for metric, value in scores[column].items():
-            lines += [f"    - type: {metric}", f"      name: {_quoted(f'{METRIC_NAMES[metric]} ({SCORE_NAMES[column]})')}",
-                      f"      value: {value:.4f}"]
-    return lines
-
-
-def _front_matter(config: dict, evaluation: dict | None) -> list[str]:
+def card_data(config: dict, evaluation: dict | None = None) -> ModelCardData:
+    """The card's YAML metadata: license, tags, datasets and, with an evaluation, the model-index."""
     meta = config.get("metadata", {})
-    datasets = meta.get("datasets", [])
-    lines = ["---", f"license: {meta.get('license', 'other')}", "library_name: itclust-hub", "tags:",
-             "- single-cell", "- itclust-hub", "- cell-type-annotation", f"- {config['organism']}",
-             f"- {config['tissue']}"]
-    if datasets:
-        lines += ["datasets:", *[f"- {_quoted(d)}" for d in datasets]]
+    datasets = meta.get("datasets") or None
+    results = []
     if evaluation:
         dataset = datasets[0] if datasets else config["name"]
         held = evaluation["held_out"]
-        lines += ["model-index:", f"- name: {_quoted(config['name'])}", "  results:"]
         if held:
-            lines += _metric_block(f"Cell-type annotation, leave-one-{held['group_key']}-out", dataset,
-                                   f"{meta.get('data_name', config['name'])}, held-out {held['group_key']}s (mean)",
-                                   held["mean"])
+            key = held["group_key"]
+            results += _eval_results(f"Cell-type annotation, leave-one-{key}-out", dataset,
+                                     f"{meta.get('data_name', config['name'])}, held-out {key}s (mean)", "fine",
+                                     f"held-out {key}s", held["mean"])
         for cross in evaluation["cross_dataset"]:
-            lines += _metric_block(f"Cell-type annotation, {cross['query_organism']} query", cross["dataset"],
-                                   cross["name"], cross)
-    return lines + ["---"]
+            results += _eval_results(f"Cell-type annotation, {cross['query_organism']} query", cross["dataset"],
+                                     cross["name"], cross.get("level", "fine"), "all cells", cross)
+    tags = ["single-cell", "itclust-hub", "cell-type-annotation", config["organism"], config["tissue"]]
+    return ModelCardData(license=meta.get("license", "other"), library_name="itclust-hub", tags=tags,
+                         datasets=datasets, model_name=config["name"] if results else None,
+                         eval_results=results or None)
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -233,8 +230,8 @@ def _citation_section(config: dict) -> list[str]:
 
 
 def render_card(config: dict, cell_types: list[str], counts: list[int], evaluation: dict | None = None,
-                genes: dict | None = None, ontology: dict | None = None, notes: list[str] = ()) -> str:
-    """Render the model card text for a reference.
+                genes: dict | None = None, ontology: dict | None = None, notes: list[str] = ()) -> ModelCard:
+    """Render the model card of a reference: :func:`card_data`'s metadata over the Markdown body.
 
     ``config`` is the reference's config (``metadata`` may hold description, license, citation, datasets,
     data_name and platform); ``evaluation`` is what the training pipeline measured: ``held_out`` (from
@@ -265,4 +262,4 @@ def render_card(config: dict, cell_types: list[str], counts: list[int], evaluati
         *_limits_section(config, cell_types, counts, evaluation),
         *_citation_section(config),
     ]
-    return "\n".join(_front_matter(config, evaluation) + [""] + lines)
+    return ModelCard(f"---\n{card_data(config, evaluation).to_yaml()}\n---\n\n" + "\n".join(lines))

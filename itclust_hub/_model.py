@@ -135,19 +135,20 @@ class ItClust:
         return impute_missing(self.encoder, self.gene_loadings, float(self.gene_noise), prepared.alignment.present,
                               context)
 
-    def save_pretrained(self, folder, *, force: bool = False, card: str | None = None) -> Path:
+    def save_pretrained(self, folder, *, force: bool = False, card=None) -> Path:
         """Write the reference folder (safetensors + JSON + model card) atomically; returns its absolute path.
 
         Refuses a non-empty folder unless ``force``, and even then one holding anything but a reference's own
         files (config.json, model.safetensors, genes.json, labels.json, README.md): ``force`` replaces those
-        and nothing else. ``card`` replaces the default card.
+        and nothing else. ``card`` (text or a ``huggingface_hub.ModelCard``) replaces the default card.
         """
         return write_reference(
             folder, self.config, self.tensors(),
             self.gene_lists,
             {"cell_types": self.cell_types, "counts": self.type_counts,
              **({"ontology": self.ontology} if self.ontology is not None else {})},
-            card if card is not None else render_card(self.config, self.cell_types, self.type_counts, ontology=self.ontology),
+            str(card if card is not None else render_card(self.config, self.cell_types, self.type_counts,
+                                                          ontology=self.ontology)),
             force=force,
         )
 

@@ -262,16 +262,26 @@ def list_references(organism: str | None = None, tissue: str | None = None, name
                     refresh: bool = False, include_community: bool = False, cache_dir=None) -> pd.DataFrame:
     """Table of available references, one row each.
 
-    Args:
-        organism: keep rows of this organism, any usual spelling (``"human"``, ``"Homo sapiens"``, ``"hs"``, 9606).
-        tissue: keep rows of this tissue (case-insensitive), e.g. "pancreas".
-        name: keep names matching this fnmatch wildcard, e.g. "pancreas-*".
-        refresh: fetch the newest index from the Hub first (kept in the cache for later calls).
-        include_community: add Hub repos tagged "itclust-hub" that the index does not list (unverified).
-        cache_dir: Hub cache folder used for the ``cached`` column (default: ``HF_HOME``).
+    Parameters
+    ----------
+    organism
+        Keep rows of this organism, any usual spelling (``"human"``, ``"Homo sapiens"``, ``"hs"``, 9606).
+    tissue
+        Keep rows of this tissue (case-insensitive), e.g. ``"pancreas"``.
+    name
+        Keep names matching this fnmatch wildcard, e.g. ``"pancreas-*"``.
+    refresh
+        Fetch the newest index from the Hub first (kept in the cache for later calls).
+    include_community
+        Add Hub repos tagged ``"itclust-hub"`` that the index does not list (unverified).
+    cache_dir
+        Hub cache folder used for the ``cached`` column (default: ``HF_HOME``).
 
-    Columns: name, organism, tissue, n_cells, n_cell_types, n_genes, version, license, repo_id, revision,
-    bundled, cached (usable offline), source ("index" or "community"), description.
+    Returns
+    -------
+    pandas.DataFrame
+        Columns: name, organism, tissue, n_cells, n_cell_types, n_genes, version, license, repo_id, revision,
+        bundled, cached (usable offline), source (``"index"`` or ``"community"``), description.
     """
     index = load_index(refresh=refresh, cache_dir=cache_dir)
     entries = [(e, "index") for e in index.values()]

@@ -223,10 +223,7 @@ def test_a_recipe_ontology_naming_no_label_is_refused_before_training(tmp_path):
 def test_blood_card_carries_numbers_measured_on_independent_queries():
     import yaml
 
-    from training.pipeline import MODEL_CARDS_DIR
-
     card = (REFERENCES_DIR / "pbmc-human" / "README.md").read_text()
-    assert (MODEL_CARDS_DIR / "pbmc-human.md").read_text() == card
     meta = yaml.safe_load(card[4 : card.index("\n---", 4)])
     assert meta["tags"][-1] == "blood"
     queries = [r["dataset"]["name"] for r in meta["model-index"][0]["results"]]

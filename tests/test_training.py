@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from huggingface_hub import ModelCard
 from hub_server import TOKEN
 from sklearn.metrics import accuracy_score
 
@@ -23,7 +24,8 @@ from itclust_hub.cli import main as cli
 
 from _data import DATA, read
 from training.__main__ import main as training_main
-from training.pipeline import MODEL_CARDS_DIR, WEIGHT_TOLERANCE, _compare_file, build, fit, read_atlas, verify
+from training.pipeline import (MODEL_CARDS_DIR, WEIGHT_TOLERANCE, _compare_file, bundled_folder, build, fit, read_atlas,
+                               verify)
 from training.recipe import RECIPES_DIR, load_recipe
 
 CURATED = ("pancreas-human", "pancreas-mouse")
@@ -148,7 +150,16 @@ def test_card_renders_the_evaluation_it_is_given():
         "cross_dataset": [{"name": "Other islets", "dataset": "GSE2", "query_organism": "human",
                            **dict(fold, gene_overlap=0.71, unknown_types={"acinar": 7})}],
         "transfer": {"seed": 0}}
-    card = render_card(config, ["a", "b"], [25, 5], evaluation, genes={"ensembl_ids": [None, None, None]})
+    rendered = render_card(config, ["a", "b"], [25, 5], evaluation, genes={"ensembl_ids": [None, None, None]})
+    assert isinstance(rendered, ModelCard) and len(rendered.data.eval_results) == 12
+    card = str(rendered)
+    # the Hub reads results per task, dataset, config and split: held-out and cross-dataset stay two results
+    # (the same dataset id for both) through a parse and a re-render by huggingface_hub
+    assert str(ModelCard(card)) == card
+    cross_same_dataset = dict(evaluation, cross_dataset=[dict(evaluation["cross_dataset"][0], dataset="GSE1")])
+    again = ModelCard(str(render_card(config, ["a", "b"], [25, 5], cross_same_dataset)))
+    assert [r["dataset"]["name"] for r in front_matter(str(again))["model-index"][0]["results"]] == [
+        "Some islets, held-out donors (mean)", "Other islets"]
     meta = front_matter(card)
     assert meta["license"] == "cc-by-4.0" and {"mouse", "pancreas", "itclust-hub"} <= set(meta["tags"])
     assert meta["datasets"] == ["GSE1"]
@@ -175,15 +186,41 @@ def test_bundled_reference_is_indexed_carded_and_loads_offline(name):
     assert (entry.n_cells, entry.n_cell_types, entry.n_genes, entry.version) == (
         config["n_cells"], config["architecture"]["n_types"], config["architecture"]["n_genes"], config["version"])
     assert entry.license == config["metadata"]["license"] and "Baron" in entry.citation
-    card = (folder / "README.md").read_text()
-    assert (MODEL_CARDS_DIR / f"{name}.md").read_text() == card
-    meta = front_matter(card)
+    meta = front_matter((folder / "README.md").read_text())
     assert meta["license"] == entry.license and entry.organism in meta["tags"] and meta["datasets"] == ["GSE84133"]
     metrics = [m for result in meta["model-index"][0]["results"] for m in result["metrics"]]
     assert {"accuracy", "macro_f1", "ari"} <= {m["type"] for m in metrics}
     assert len(meta["model-index"][0]["results"]) == 2  # held-out donors and the other species
     model = ih.ItClust.from_pretrained(name)  # the endpoint refuses connections: no network needed
     assert model.source["source"] == "bundled" and model.config["name"] == name
+
+
+BUNDLED = sorted(name for name, entry in json.loads((REFERENCES_DIR / "index.json").read_text())["references"].items()
+                 if entry["bundled"])
+
+
+def test_each_bundled_card_is_stored_once_and_model_cards_links_to_it():
+    assert sorted(path.name for path in MODEL_CARDS_DIR.iterdir()) == [f"{name}.md" for name in BUNDLED]
+    for name in BUNDLED:
+        link = MODEL_CARDS_DIR / f"{name}.md"
+        assert link.is_symlink() and link.resolve() == (bundled_folder(name) / "README.md").resolve()
+        assert not Path(link.readlink()).is_absolute()  # survives a clone elsewhere
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_card_is_a_hub_model_card_with_one_result_per_evaluation(name):
+    """The stored card is what huggingface_hub's ModelCard writes back, and its model-index holds one result
+    per measurement of the recipe (held-out groups, each cross-dataset query), none merged by the Hub."""
+    text = (bundled_folder(name) / "README.md").read_text()
+    card = ModelCard(text)
+    assert str(card) == text
+    evaluation = load_recipe(name).spec["evaluation"]
+    config = json.loads((bundled_folder(name) / "config.json").read_text())
+    expected = ([f"{config['metadata']['data_name']}, held-out {evaluation['held_out']['group_key']}s (mean)"]
+                if evaluation["held_out"] else []) + [item["name"] for item in evaluation["cross_dataset"]]
+    results = front_matter(text)["model-index"][0]["results"]
+    assert [r["dataset"]["name"] for r in results] == expected
+    assert all(len(r["metrics"]) == 6 for r in results) and len(card.data.eval_results) == 6 * len(expected)
 
 
 def test_bundled_mouse_reference_annotates_human_cells_through_orthologs():

@@ -19,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     make = commands.add_parser("build", help="build a curated reference from its recipe (evaluation included)")
     make.add_argument("recipe", help="recipe name in training/recipes (e.g. pancreas-human) or a .json path")
     make.add_argument("--out", type=Path, help="reference folder (default: the bundled itclust_hub/references/NAME, "
-                                                "which also updates model_cards/ and the packaged index)")
+                                                "which also updates the packaged index and links model_cards/NAME.md to the card)")
     make.add_argument("--force", action="store_true", help="overwrite an existing reference folder")
     make.add_argument("--data-dir", type=Path, default=DATA_DIR, help=f"where the recipe's data files are ({DATA_DIR})")
     make.add_argument("--progress", action="store_true", help="progress bar of the final fit")

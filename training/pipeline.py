@@ -1,10 +1,11 @@
 """From a checked recipe to a published reference: read the atlas, harmonise its labels, fit the reference
 on all cells, measure it (held-out groups, cross-dataset), write the folder with its rendered card, and -
-when it is the bundled copy - the model card in ``model_cards/`` and the entry in the packaged index."""
+when it is the bundled copy - the entry in the packaged index and the link to its card in ``model_cards/``."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from itclust_hub._registry import INDEX_FILENAME, REFERENCES_DIR
 
 from .recipe import DATA_DIR, BuildRecipe
 
+# model_cards/NAME.md: a relative symbolic link to the bundled card, itclust_hub/references/NAME/README.md (one copy)
 MODEL_CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
 COMPARED_FILES = ("model.safetensors", "genes.json", "labels.json", "config.json")
 TORCH_THREADS = 1
@@ -126,6 +128,15 @@ def bundled_folder(name: str) -> Path:
     return REFERENCES_DIR / name
 
 
+def link_card(name: str) -> Path:
+    """Make ``model_cards/NAME.md`` a relative link to the bundled reference's card (replacing a copy)."""
+    link = MODEL_CARDS_DIR / f"{name}.md"
+    if not link.is_symlink():
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(bundled_folder(name) / "README.md", MODEL_CARDS_DIR))
+    return link
+
+
 def _write_index_entry(folder: Path, config: dict) -> None:
     """Put the bundled reference's entry (counts, version, license, citation, SHA-256 of all files) into
     the packaged index; the Hub revision stays as it was (null until the reference is pushed)."""
@@ -143,8 +154,8 @@ def build(recipe: BuildRecipe, out: Path | None = None, force: bool = False, dat
           progress: bool | None = None, log: Callable[[str], None] = print) -> Path:
     """Build the reference of ``recipe`` into ``out`` (default: the bundled folder) and return the folder.
 
-    Into the bundled folder, the card is also copied to ``model_cards/NAME.md`` and the packaged index
-    entry is updated. An existing non-empty ``out`` needs ``force``, which replaces its reference files only.
+    Into the bundled folder, the packaged index entry is also updated and ``model_cards/NAME.md`` links to
+    the card. An existing non-empty ``out`` needs ``force``, which replaces its reference files only.
     """
     target = Path(out) if out is not None else bundled_folder(recipe.name)
     bundled = target.resolve() == bundled_folder(recipe.name).resolve()
@@ -164,9 +175,9 @@ def build(recipe: BuildRecipe, out: Path | None = None, force: bool = False, dat
                        genes={"ensembl_ids": model.gene_ids}, ontology=model.ontology, notes=recipe.spec["labels"]["notes"])
     folder = model.save_pretrained(target, force=force, card=card)
     if bundled:
-        (MODEL_CARDS_DIR / f"{recipe.name}.md").write_text(card)
         _write_index_entry(folder, json.loads((folder / "config.json").read_text()))
-        log(f"updated model_cards/{recipe.name}.md and itclust_hub/references/{INDEX_FILENAME}")
+        link_card(recipe.name)
+        log(f"updated itclust_hub/references/{INDEX_FILENAME}; model_cards/{recipe.name}.md links to the card")
     else:
         log(f"built outside the bundled folder: model_cards/ and {INDEX_FILENAME} left unchanged")
     held = evaluation["held_out"]
