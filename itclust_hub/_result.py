@@ -45,10 +45,10 @@ class TransferResult:
         One row a target cluster: ``label``, ``nearest_label``, ``size``, ``confidence`` (share of its cells
         that started self-training with its type: ItClust's share of labels kept), ``similarity``
         (correlation of the cluster's mean expression, its cells weighted by their probability, with its
-        type's over :func:`informative_genes`, corrected for the noise of a mean over few cells),
-        ``closest_type`` (the reference type whose mean expression correlates best over every measured
-        gene, corrected for the noise of each type's profile), ``renamed`` (its type is its closest type,
-        not its cells' starting majority) and ``novel``.
+        type's over the 500 measured genes that differ most between types), ``closest_type`` (the reference
+        type whose mean expression correlates best over every measured gene), ``renamed`` (its type is its
+        closest type, not its cells' starting majority) and ``novel``; see
+        :func:`itclust_hub.name_clusters`.
     embedding
         Cells x latent dimensions of the fine-tuned encoder (empty cells: where it puts a cell with no
         expression).
