@@ -33,7 +33,7 @@ class ClusterEvidence:
     type_profiles: np.ndarray  # types x reference genes: mean scaled expression of each type's training cells
     present: np.ndarray  # reference genes: whether the query measures it
     votes: np.ndarray  # clusters x types: cells of each cluster by the type they started self-training with
-    profiles: np.ndarray  # clusters x genes: mean scaled expression, cells weighted by their probability
+    profiles: np.ndarray  # clusters x genes: mean scaled expression of each cluster's cells
     clusters: np.ndarray  # cells: final cluster
     cluster_probabilities: np.ndarray  # cells x clusters: soft assignment, squared and renormalised
     source_codes: np.ndarray  # cells: the source network's direct prediction (type index)
@@ -89,10 +89,10 @@ def name_clusters(result: TransferResult, *, min_confidence: float = 0.5, level:
        every measured gene (``closest_type``).
 
     ``similarity`` is the correlation of its mean expression with its type's over the informative genes (it
-    decides renaming, not novelty). A cluster's mean expression weights its cells by their probability of
-    the cluster. Novel clusters' cells are labelled ``"Unassigned"``; ``nearest_label`` keeps the type. ``level="coarse"`` reports
-    labels, probabilities and cluster names at the reference's coarse Cell Ontology level. Why each rule
-    and constant is kept, and the studies it was checked on: ``benchmarks/RESULTS.md``.
+    decides renaming, not novelty). Novel clusters' cells are labelled ``"Unassigned"``; ``nearest_label``
+    keeps the type. ``level="coarse"`` reports labels, probabilities and cluster names at the reference's
+    coarse Cell Ontology level. Why each rule and constant is kept, and the studies it was checked on:
+    ``benchmarks/RESULTS.md``, "Naming rules".
     """
     evidence = result.evidence
     if evidence is None:

@@ -147,7 +147,7 @@ def summary_markdown(result, figures: list[str], truth: pd.Series | None = None,
                                     "share": counts["share"].map("{:.1%}".format)})), ""]
     lines += ["## Clusters", "",
               "Confidence is the share of a cluster's cells that started self-training with its type; similarity is "
-              "the correlation of its mean expression (each cell weighted by its probability of the cluster) with its "
+              "the correlation of its mean expression with its "
               "type's, over the genes that differ most between types. A cluster is novel when its confidence is low "
               "or another type's expression resembles it more than its own type's.", "",
               *_table(pd.DataFrame({"cluster": clusters.index, "nearest type": clusters["nearest_label"],

@@ -44,10 +44,10 @@ class TransferResult:
     clusters
         One row a target cluster: ``label``, ``nearest_label``, ``size``, ``confidence`` (share of its cells
         that started self-training with its type: ItClust's share of labels kept), ``similarity``
-        (correlation of the cluster's mean expression, its cells weighted by their probability, with its
-        type's over the 500 measured genes that differ most between types), ``closest_type`` (the reference
-        type whose mean expression correlates best over every measured gene), ``renamed`` (its type is its
-        closest type, not its cells' starting majority) and ``novel``; see
+        (correlation of the cluster's mean expression with its type's over the 500 measured genes that
+        differ most between types), ``closest_type`` (the reference type whose mean expression correlates
+        best over every measured gene), ``renamed`` (its type is its closest type, not its cells' starting
+        majority) and ``novel``; see
         :func:`itclust_hub.name_clusters`.
     embedding
         Cells x latent dimensions of the fine-tuned encoder (empty cells: where it puts a cell with no

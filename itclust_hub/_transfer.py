@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ._data import ScaledMatrix, torch_csr
-from ._network import Encoder, cell_probabilities, kl_loss, soft_assign, target_distribution
+from ._network import Encoder, kl_loss, soft_assign, target_distribution
 from ._progress import progress_bar
 
 CERTAINTY_POWER = 4  # weight of a cell in its type's starting centroid: source probability ** this
@@ -49,7 +49,7 @@ class FineTuneOutcome:
     clusters: np.ndarray  # final cluster of each cell
     q: np.ndarray  # cells x clusters soft assignment
     embedding: np.ndarray  # cells x latent
-    cluster_profiles: np.ndarray  # clusters x genes mean scaled expression, cells weighted by their probability
+    cluster_profiles: np.ndarray  # clusters x genes: mean scaled expression of each cluster's cells
     n_iter: int
     converged: bool
     changed: list[float]  # share of labels changed at each iteration
@@ -128,8 +128,8 @@ def _ordered_map(fn, items, workers: int):
 def _pass(encoder: Encoder, centroids: torch.Tensor, data: ScaledMatrix, *, sparse: bool, device,
           profiles: bool = True, workers: int = 1):
     """One ordered pass: embedding, soft assignment and, with ``profiles``, the per-cluster sums of the scaled
-    expression's offsets from a zero entry (``delta``) and of the weights, as ``(weighted sums, weights)``,
-    each cell weighted by its probability of its cluster (:func:`cell_probabilities`). Chunks are processed
+    expression's offsets from a zero entry (``delta``) and the cluster sizes, as ``(sums, sizes)``; a cell
+    belongs to the cluster of its highest soft assignment. Chunks are processed
     on ``workers`` threads; the result does not depend on their number."""
     k = len(centroids)
 
@@ -144,9 +144,8 @@ def _pass(encoder: Encoder, centroids: torch.Tensor, data: ScaledMatrix, *, spar
         sums = None
         if profiles:
             labels = q.argmax(1).numpy()
-            weights = cell_probabilities(q.double()).max(1).values.numpy()
-            indicator = sp.csr_matrix((weights, (labels, np.arange(len(labels)))), shape=(k, len(labels)))
-            sums = ((indicator @ delta).toarray(), np.bincount(labels, weights, minlength=k))
+            indicator = sp.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels)))
+            sums = ((indicator @ delta).toarray(), np.bincount(labels, minlength=k).astype(np.float64))
         return z, q, sums
 
     z_all = torch.empty(data.n_cells, encoder.layers[-1].out_features)
@@ -256,11 +255,10 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, 
                 converged = True
                 break
     clusters = q.argmax(1).numpy()
-    weighted_sums, weights = cluster_sums
-    # a weighted mean of the offsets plus the zero entry is the weighted mean of the scaled expression
-    filled = weights[:, None] > 0
-    profiles = np.divide(weighted_sums + weights[:, None] * data.zero.numpy().astype(np.float64), weights[:, None],
-                         out=np.zeros_like(weighted_sums), where=filled)
+    sums, sizes = cluster_sums
+    # the mean of the offsets plus the zero entry is the mean of the scaled expression
+    profiles = np.divide(sums + sizes[:, None] * data.zero.numpy().astype(np.float64), sizes[:, None],
+                         out=np.zeros_like(sums), where=sizes[:, None] > 0)
     with torch.no_grad():
         blank = encoder(data.zero[None].to(device))[0].cpu().numpy()
     return FineTuneOutcome(source_codes, start_codes, clusters, q.numpy(), z.numpy(), profiles.astype(np.float32),

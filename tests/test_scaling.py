@@ -14,7 +14,6 @@ import torch
 
 import itclust_hub as ih
 from itclust_hub._errors import ItClustError
-from itclust_hub._network import cell_probabilities
 from itclust_hub._query import prepare_query
 from itclust_hub._transfer import _intra_op_threads, fine_tune
 
@@ -118,21 +117,12 @@ def test_sparse_first_layer_equals_the_dense_one_on_a_panel_with_context_genes(m
 
 
 def test_cluster_profiles_match_the_scaled_rows(model, query):
-    # The passes sum the sparse offsets from a zero entry; the result must equal the dense scaled rows' means,
-    # each cell weighted by its probability of its cluster.
+    # The passes sum the sparse offsets from a zero entry; the result must equal the dense scaled rows' means.
     out, rows = fine_tuned(model, query, max_iter=2)
-    k = len(out.cluster_profiles)
-    weights = cell_probabilities(out.q.astype(np.float64)).max(1)
-
-    def means(weight):
-        sums = np.zeros(out.cluster_profiles.shape)
-        np.add.at(sums, out.clusters, rows * weight[:, None])
-        return sums / np.maximum(np.bincount(out.clusters, weight, minlength=k), 1e-12)[:, None]
-
-    filled = np.bincount(out.clusters, minlength=k) > 0
-    weighted, plain = means(weights), means(np.ones(len(rows)))
-    np.testing.assert_allclose(out.cluster_profiles[filled], weighted[filled], atol=1e-4)
-    assert np.abs(weighted - plain)[filled].max() > 1e-2  # the weights matter
+    filled = np.bincount(out.clusters, minlength=len(out.cluster_profiles)) > 0
+    assert filled.sum() >= 5
+    for c in np.flatnonzero(filled):
+        np.testing.assert_allclose(out.cluster_profiles[c], rows[out.clusters == c].mean(0), atol=1e-4)
 
 
 def _sparse_equals_dense(encoder, centroids, data):
