@@ -14,6 +14,7 @@ from ._data import DENSE_BUDGET_BYTES, CSRBuilder, ScaledMatrix
 from ._errors import ItClustError
 from ._genes import (GeneAlignment, OrganismChoice, align_genes, choose_organism, load_orthologs, normalize_organism,
                      ortholog_map)
+from ._overlap import low_overlap, measured_accuracy
 from ._preprocess import Recipe, as_csr, check_values, lognormalize, resolve_input_type
 
 CHUNK_BYTES = 128 * 2**20  # raw nonzeros read at a time (float32 value + int32 index each)
@@ -254,7 +255,9 @@ def prepare_query(
 
 def _check_readable(alignment: GeneAlignment, context: GeneAlignment | None, min_overlap: float) -> None:
     """Refuse a query measuring fewer than ``min_overlap`` x the number of reference genes of the genes the
-    reference reads (its reference genes and context genes); warn when only its context genes carry it there."""
+    reference reads (its reference genes and context genes); warn, quoting the accuracy measured on real panels
+    at a similar overlap (:mod:`._overlap`), when only its context genes carry it there or when that overlap is
+    under the one from which up the measured accuracy held."""
     n_ref, n_network = alignment.n_reference, alignment.n_overlap
     n_context = 0 if context is None else context.n_overlap
     least = int(np.ceil(min_overlap * n_ref))
@@ -263,11 +266,12 @@ def _check_readable(alignment: GeneAlignment, context: GeneAlignment | None, min
             f"only {n_network + n_context} genes the reference reads are in the query ({n_network} of its {n_ref} "
             f"reference genes, {n_context} context genes), below the minimum {least} ({min_overlap:.0%} of "
             f"{n_ref}); check gene names, gene_key=... or query_organism=...")
-    if n_network < least:
+    overlap = (n_network + n_context) / n_ref
+    if n_network < least or low_overlap(overlap):
         warnings.warn(
-            f"the query measures only {n_network} of the reference's {n_ref} genes ({n_network / n_ref:.1%}); it is "
-            f"read through {n_context} context genes too, and labels are less reliable at this overlap "
-            "(accuracy against overlap: the cross-study benchmark in benchmarks/RESULTS.md)", UserWarning, stacklevel=4)
+            f"the query measures only {n_network} of the reference's {n_ref} genes ({n_network / n_ref:.1%}) and "
+            f"{n_context} of its context genes; labels are less reliable at this overlap: {measured_accuracy(overlap)}",
+            UserWarning, stacklevel=4)
 
 
 def _ids(gene_ids: list[str | None] | None) -> list[str] | None:
