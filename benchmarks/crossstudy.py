@@ -263,6 +263,8 @@ def run(pairs: list[CrossPair], seeds: list[int], names: list[str], data_dir: Pa
 def iterations(table: pd.DataFrame) -> str:
     """Markdown: itclust-hub's fine-tuning iterations per seed and the share of labels changed at each
     iteration (the run stops when it falls under ``tol``), per pair."""
+    if "n_iter" not in table:  # a run of the peers only
+        return ""
     ours = table[(table["method"] == "itclust-hub") & table["n_iter"].notna()]
     lines = ["| pair | iterations (per seed) | labels changed per iteration (per seed) |", "|---|---|---|"]
     for pair, runs in ours.groupby("pair", sort=False):
