@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from ._errors import ItClustError
 from ._format import check_format
-from ._outputs import check_output_folder
+from ._outputs import check_output_folder, current_umask
 from ._ontology import check_ontology
 
 CHECKED_FILES = ("model.safetensors", "genes.json", "labels.json")
@@ -72,8 +72,7 @@ def write_reference(folder, config: dict, tensors: dict[str, torch.Tensor], gene
 
 def _follow_umask(folder: Path) -> None:
     """Give a temporary folder and its files the permissions a plain mkdir/open would have."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     folder.chmod(0o777 & ~umask)
     for path in folder.iterdir():
         path.chmod(0o666 & ~umask)

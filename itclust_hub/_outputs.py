@@ -1,10 +1,12 @@
 """Where a command writes, checked before any work starts: every output can be written, no two outputs
 share a path, no output is an input, nothing is overwritten without ``force``, and ``force`` replaces only
-what itclust-hub itself writes. A refused command therefore leaves nothing behind."""
+what itclust-hub itself writes. A refused command therefore leaves nothing behind. Files are then written
+atomically (:class:`atomic_path`)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from ._errors import ItClustError
@@ -75,3 +77,31 @@ def check_output_folder(folder, own_files, *, force: bool = False, inputs=()) ->
     else:
         _check_writable(folder, full.parent)
     return full
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (reading it means setting it: it is set back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+class atomic_path:
+    """Context manager giving a temporary path that replaces ``path`` only if the block succeeds."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __enter__(self) -> Path:
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.path.suffix, dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(name)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            os.chmod(self.tmp, 0o666 & ~current_umask())
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+        return False

@@ -3,8 +3,6 @@ with ways to write them into an AnnData and to disk."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ._errors import ItClustError
-from ._outputs import check_output_files
+from ._outputs import atomic_path, check_output_files
 from ._ontology import ONTOLOGY_COLUMNS
 
 if TYPE_CHECKING:
@@ -186,26 +184,3 @@ def _storable(value):
             return np.asarray(value)
         return _storable(dict(enumerate(value)))
     return str(value) if isinstance(value, Path) else value
-
-
-class atomic_path:
-    """Context manager giving a temporary path that replaces ``path`` only if the block succeeds."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.path.suffix, dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-        return False

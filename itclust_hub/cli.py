@@ -211,7 +211,7 @@ def _planned_outputs(out: Path, tables: Path | None, report: Path | None, marker
 
 
 def _write_h5ad(adata, path: Path) -> None:
-    from ._result import atomic_path
+    from ._outputs import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
