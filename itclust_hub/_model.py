@@ -19,7 +19,7 @@ from ._network import Encoder
 from ._ontology import check_level
 from ._preprocess import Recipe
 from ._query import prepare_query
-from ._naming import build_result
+from ._naming import build_result, check_min_confidence
 from ._result import UNASSIGNED, TransferResult
 from ._transfer import fine_tune
 
@@ -275,6 +275,7 @@ class ItClust:
         if max_iter < 1:
             raise ItClustError(f"max_iter must be at least 1, not {max_iter}")
         check_level(level, self.ontology, self.name)  # before fine-tuning, not after
+        check_min_confidence(min_confidence)
         if max_cells_per_iter is not None and max_cells_per_iter < batch_size:
             raise ItClustError(f"max_cells_per_iter must be at least batch_size ({batch_size}), not {max_cells_per_iter}")
         try:

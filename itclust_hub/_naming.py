@@ -70,7 +70,7 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
 
 def name_clusters(result: TransferResult, *, min_confidence: float = 0.5, level: str = "fine") -> TransferResult:
     """Name the clusters of a transfer's ``result`` again, with these thresholds or at this ``level``; a new
-    :class:`TransferResult` (``result`` is not modified; embedding and clusters are shared). No fine-tuning
+    :class:`TransferResult` (``result`` is not modified; its embedding and evidence are shared). No fine-tuning
     is repeated: ``ItClust.transfer(...)`` followed by ``name_clusters(result, min_confidence=0.8)`` is
     what ``transfer(..., min_confidence=0.8)`` returns.
 
@@ -98,16 +98,16 @@ def name_clusters(result: TransferResult, *, min_confidence: float = 0.5, level:
     if evidence is None:
         raise ItClustError("this result carries no cluster evidence to name clusters from; pass the result that "
                            "ItClust.transfer returned")
+    check_min_confidence(min_confidence)
     check_level(level, evidence.ontology, result.provenance.get("reference", "this"))
-    clusters, per_cell_named = _name(evidence, min_confidence)
+    clusters, cluster_types = _name(evidence, min_confidence)
     names = np.asarray(evidence.cell_types, dtype=object)
     c, empty = evidence.clusters, evidence.empty
     probability = evidence.cluster_probabilities
     spread = lambda values, fill: _spread(values, empty, fill)  # noqa: E731
-    named_names = names[per_cell_named]
     obs = pd.DataFrame({
         "label": spread(clusters["label"].to_numpy()[c], UNASSIGNED),
-        "nearest_label": spread(named_names[c], UNASSIGNED),
+        "nearest_label": spread(names[cluster_types][c], UNASSIGNED),
         "source_label": spread(names[evidence.source_codes], UNASSIGNED),
         "cluster": spread(c, -1),
         "probability": spread(probability[np.arange(len(c)), c], 0.0),
@@ -115,12 +115,18 @@ def name_clusters(result: TransferResult, *, min_confidence: float = 0.5, level:
         "novel": spread(clusters["novel"].to_numpy()[c], False),
         "empty": empty,
     }, index=result.obs.index)
-    probabilities = spread((probability @ np.eye(len(names), dtype=np.float32)[per_cell_named]).astype(np.float32), 0.0)
+    probabilities = spread((probability @ np.eye(len(names), dtype=np.float32)[cluster_types]).astype(np.float32), 0.0)
     settings = {**result.provenance.get("settings", {}), "min_confidence": min_confidence, "level": level}
     named = dataclasses.replace(
         result, obs=obs, probabilities=pd.DataFrame(probabilities, index=obs.index, columns=list(names)),
         clusters=clusters[clusters["size"] > 0].copy(), provenance={**result.provenance, "settings": settings})
     return at_level(named, evidence.ontology, level)
+
+
+def check_min_confidence(min_confidence: float) -> None:
+    """Refuse a ``min_confidence`` that is not a share (0 to 1)."""
+    if not 0 <= min_confidence <= 1:
+        raise ItClustError(f"min_confidence must be between 0 and 1, not {min_confidence}")
 
 
 def _name(evidence: ClusterEvidence, min_confidence: float):

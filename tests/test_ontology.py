@@ -101,6 +101,10 @@ def test_naming_reruns_with_other_thresholds_without_fine_tuning():
     assert ih.name_clusters(again).obs.equals(default.obs)  # and naming with the defaults gives it back
     with pytest.raises(ih.ItClustError, match="level must be one of fine, coarse"):
         ih.name_clusters(default, level="lineage")
+    with pytest.raises(ih.ItClustError, match="min_confidence must be between 0 and 1"):
+        ih.name_clusters(default, min_confidence=50)
+    with pytest.raises(ih.ItClustError, match="min_confidence must be between 0 and 1"):  # before fine-tuning
+        model.transfer(query, min_confidence=-0.1, progress=False)
     with pytest.raises(ih.ItClustError, match="no cluster evidence"):
         ih.name_clusters(ih.TransferResult(default.obs, default.probabilities, default.clusters, default.embedding))
 
