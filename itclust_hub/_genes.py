@@ -241,13 +241,12 @@ def align_genes(
     gene_key: str | None = None,
     rename: dict[str, str] | None = None,
     gene_totals: np.ndarray | None = None,
-    min_overlap: float = 0.05,
 ) -> GeneAlignment:
     """Match query genes to reference genes; the column with the largest overlap wins.
 
     ``rename`` maps upper-cased query symbols to reference symbols (orthologs); ``gene_totals`` picks
-    the most expressed copy of a duplicated name. Raises when fewer than ``min_overlap`` of the
-    reference genes are found.
+    the most expressed copy of a duplicated name. Raises when no query gene matches; whether enough match
+    is for the caller to judge (``_query._check_readable``).
     """
     ref_keys = {"symbol": normalize_ids(ref_symbols)}
     if ref_ensembl is not None:
@@ -277,11 +276,6 @@ def align_genes(
             "gene symbols or Ensembl IDs of the reference organism, or pass query_organism=..."
         )
     n_overlap, source, id_type, pos, ids, mapped = best
-    if n_overlap < min_overlap * n_ref:
-        raise ItClustError(
-            f"only {n_overlap} of {n_ref} reference genes ({n_overlap / n_ref:.1%}) are in the query, "
-            f"below the minimum {min_overlap:.0%}; check gene names, gene_key=... or query_organism=..."
-        )
     totals = np.zeros(len(pos)) if gene_totals is None else np.asarray(gene_totals, dtype=float)
     frame = pd.DataFrame({"query": np.arange(len(pos)), "ref": pos, "total": totals})
     frame = frame[frame.ref >= 0]

@@ -18,7 +18,7 @@ from ._impute import impute_missing
 from ._network import Encoder
 from ._ontology import check_level
 from ._preprocess import Recipe
-from ._query import prepare_query
+from ._query import MIN_OVERLAP, prepare_query
 from ._naming import build_result, check_min_confidence
 from ._result import UNASSIGNED, TransferResult
 from ._transfer import fine_tune
@@ -191,7 +191,7 @@ class ItClust:
         input_type: str = "auto",
         query_organism: str | None = None,
         orthologs=None,
-        min_overlap: float = 0.05,
+        min_overlap: float = MIN_OVERLAP,
         scale: str = "auto",
         tol: float = 0.003,
         max_iter: int = 30,
@@ -234,9 +234,10 @@ class ItClust:
             ``orthologs`` (DataFrame or CSV, a column per organism).
         min_overlap
             Least number of genes the reference reads that the query must measure, as a share of the
-            reference genes: its reference genes count and, for a query measuring under half of them (a
-            targeted panel), its context genes too. A query that reaches it only with context genes
-            transfers with a warning.
+            reference genes (default 2%): its reference genes count and, for a query measuring under half of
+            them (a targeted panel), its context genes too. A query that reaches it only with context genes,
+            or whose overlap is under the one from which accuracy was measured to hold, transfers with a
+            warning that quotes the accuracy measured on real panels at a similar overlap.
         scale
             Per-gene statistics the query is scaled with: ``"reference"`` (the reference's mean and standard
             deviation: the same yardstick as the training cells, so the query's cell-type composition does

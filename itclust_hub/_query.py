@@ -17,6 +17,10 @@ from ._genes import (GeneAlignment, OrganismChoice, align_genes, choose_organism
 from ._overlap import low_overlap, measured_accuracy
 from ._preprocess import Recipe, as_csr, check_values, lognormalize, resolve_input_type
 
+# Least share of the reference's genes a query must measure (network and context genes) to be read: panels
+# down to 2% read above logistic regression on the same genes on blood and pancreas, and blood falls off
+# under it (benchmarks/RESULTS.md, "Accuracy against gene overlap").
+MIN_OVERLAP = 0.02
 CHUNK_BYTES = 128 * 2**20  # raw nonzeros read at a time (float32 value + int32 index each)
 MIN_CHUNK_CELLS = 64
 ALIGNED_BUDGET_BYTES = 512 * 2**20  # the aligned matrix is spilled to a temporary file above this
@@ -135,7 +139,7 @@ def prepare_query(
     use_raw: bool = False,
     query_organism: str | None = None,
     orthologs=None,
-    min_overlap: float = 0.05,
+    min_overlap: float = MIN_OVERLAP,
     scale: str = "own",
     reference_stats: tuple[np.ndarray, np.ndarray] | None = None,
     context: tuple[list[str], list[str | None] | None, tuple[np.ndarray, np.ndarray]] | None = None,
@@ -185,7 +189,7 @@ def prepare_query(
     used, detected = resolve_input_type(input_type, sample)
     size = _chunk_cells(sample, memory_budget)
     align = lambda symbols, ids, totals: align_genes(  # noqa: E731
-        var, var_names, symbols, _ids(ids), gene_key=gene_key, rename=rename, gene_totals=totals, min_overlap=0.0)
+        var, var_names, symbols, _ids(ids), gene_key=gene_key, rename=rename, gene_totals=totals)
 
     def align_both(totals):  # the reference genes, then (a panel) the context genes the query measures
         alignment = align(genes, gene_ids, totals)

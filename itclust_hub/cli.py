@@ -255,7 +255,7 @@ def _plural(n: int, noun: str) -> str:
 @click.option("--min-confidence", type=click.FloatRange(0, 1),
               help="Least share of a cluster's cells starting as its type, else it is novel (default: 0.5).")
 @click.option("--min-overlap", type=click.FloatRange(0, 1),
-              help="Least share of the reference's genes the query must measure (default: 0.05).")
+              help="Least share of the reference's genes the query must measure (default: 0.02).")
 @click.option("--tables", type=click.Path(file_okay=False, path_type=Path),
               help="Also write labels.csv, probabilities.csv and clusters.csv into this folder.")
 @click.option("--report", type=click.Path(file_okay=False, path_type=Path),

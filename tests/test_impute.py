@@ -13,7 +13,7 @@ import itclust_hub as ih
 from itclust_hub import ItClustError
 from itclust_hub._impute import fill_missing, gene_loadings, impute_missing, latent_map
 from itclust_hub._network import Encoder
-from itclust_hub._query import prepare_query
+from itclust_hub._query import MIN_OVERLAP, prepare_query
 from itclust_hub._report import gene_overlap_text, warnings
 
 from _data import read, small_reference
@@ -135,7 +135,7 @@ def test_a_220_gene_panel_is_read_through_its_context_genes_and_a_panel_without_
     model = small_reference()  # trained without human3
     human = read("baron_human_pancreas")
     held_out = human[human.obs["donor"] == "human3"].copy()
-    least = int(np.ceil(0.05 * len(model.genes)))  # transfer's default min_overlap
+    least = int(np.ceil(MIN_OVERLAP * len(model.genes)))  # transfer's default min_overlap
     network = _marker_panel(held_out, model.genes, least - 30)  # under the minimum on the reference genes alone
     context = _marker_panel(held_out, model.context_genes, 220 - len(network))
     panel = held_out[:, held_out.var_names.isin(network + context)].copy()
@@ -147,6 +147,6 @@ def test_a_220_gene_panel_is_read_through_its_context_genes_and_a_panel_without_
           f"context genes, accuracy {accuracy:.3f}")
     assert genes["n_overlap"] == len(network) < least and result.provenance["context_genes"] == len(context)
     assert accuracy > 0.8
-    too_few = held_out[:, held_out.var_names.isin(network[:20] + context[:100])].copy()
-    with pytest.raises(ItClustError, match=rf"only 120 genes the reference reads .* below the minimum {least}"):
+    too_few = held_out[:, held_out.var_names.isin(network[:10] + context[:20])].copy()
+    with pytest.raises(ItClustError, match=rf"only 30 genes the reference reads .* below the minimum {least}"):
         model.transfer(too_few, progress=False)
