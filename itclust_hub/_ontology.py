@@ -79,7 +79,8 @@ def at_level(result, ontology: dict | None, level: str):
     ``level`` has passed :func:`check_level` (the transfer checks it before fine-tuning)."""
     if ontology is None:
         return result
-    result.provenance["ontology"] = ontology
+    # records, not a dict keyed by type: type names such as "CD4+/CD25 T Reg" cannot be HDF5 keys (to_adata)
+    result.provenance["ontology"] = [{"type": name, **terms} for name, terms in ontology.items()]
     fine = result.obs["label"].astype(str)
     for column, field in zip(ONTOLOGY_COLUMNS, (None, "coarse", "id", "coarse_id")):
         result.obs[column] = _term(ontology, fine, field)

@@ -413,7 +413,7 @@ def compared_labels(result, truth: pd.Series) -> tuple[pd.Series, set[str]]:
         coarse = result.provenance.get("settings", {}).get("level") == "coarse"
         field, column = ("coarse_id", "coarse_ontology_id") if coarse else ("id", "ontology_id")
         ids = result.obs[column].astype(object).where(result.obs[column].notna(), UNASSIGNED).astype(str)
-        return ids, {entry[field] for entry in ontology.values() if entry[field]}
+        return ids, {entry[field] for entry in ontology if entry[field]}
     return result.labels.astype(str), set(result.probabilities.columns)
 
 

@@ -109,6 +109,21 @@ def test_naming_reruns_with_other_thresholds_without_fine_tuning():
         ih.name_clusters(ih.TransferResult(default.obs, default.probabilities, default.clusters, default.embedding))
 
 
+def test_the_annotated_h5ad_stores_the_terms_under_keys_hdf5_accepts(tmp_path):
+    # the blood types' names hold slashes ("CD4+/CD25 T Reg"), which anndata is dropping as HDF5 keys
+    import warnings
+
+    model = ih.ItClust.from_pretrained("pbmc-human")
+    query = ad.read_h5ad(EXAMPLE)[:300].copy()
+    annotated = model.transfer(query, progress=False).to_adata(query)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        annotated.write_h5ad(tmp_path / "annotated.h5ad")
+    assert not [w for w in caught if "slash" in str(w.message).lower()], [str(w.message) for w in caught]
+    terms = ad.read_h5ad(tmp_path / "annotated.h5ad").uns["itclust"]["provenance"]["ontology"]
+    assert sorted(entry["type"] for entry in terms.values()) == sorted(model.cell_types)
+
+
 def without_ontology(tmp_path):
     """pancreas-human as a reference written before ontology terms: labels.json without them."""
     folder = shutil.copytree(REFERENCES_DIR / "pancreas-human", tmp_path / "old")
