@@ -12,12 +12,10 @@ CURVE_FILE = "overlap_accuracy.json"
 
 
 @functools.lru_cache(maxsize=1)
-def measured_curve() -> dict | None:
+def measured_curve() -> dict:
     """The shipped curve: per study its points (panel, overlap share, accuracy and macro-F1 range over seeds)
-    sorted by overlap, and ``warn_below``, the overlap under which the measured accuracy falls off. None
-    before the benchmark first wrote it."""
-    path = resources.files("itclust_hub") / "data" / CURVE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    sorted by overlap, and ``warn_below``, the overlap under which the measured accuracy falls off."""
+    return json.loads((resources.files("itclust_hub") / "data" / CURVE_FILE).read_text())
 
 
 def nearest_points(overlap: float) -> dict[str, dict]:
@@ -29,14 +27,11 @@ def nearest_points(overlap: float) -> dict[str, dict]:
 
 def low_overlap(overlap: float) -> bool:
     """Whether ``overlap`` is under the lowest measured overlap from which up accuracy held (``warn_below``)."""
-    curve = measured_curve()
-    return curve is not None and overlap < curve["warn_below"]
+    return overlap < measured_curve()["warn_below"]
 
 
 def measured_accuracy(overlap: float) -> str:
     """One clause quoting, per measured study, the accuracy range of its point nearest ``overlap``."""
-    if measured_curve() is None:
-        return "no accuracy measured against overlap is shipped (benchmarks/overlap.py --write-package-data)"
     studies = measured_curve()["studies"]
     quoted = []
     for name, point in nearest_points(overlap).items():
