@@ -68,6 +68,15 @@ class OneVsRestLogisticRegression(LogisticRegression):
         return self
 
 
+def _celltypist_model(ref_adata: ad.AnnData, ref_labels):
+    """CellTypist's model trained on the log-normalised reference (all given genes)."""
+    import celltypist
+
+    train_module = importlib.import_module("celltypist.train")  # the attribute celltypist.train is the function
+    with mock.patch.object(train_module, "LogisticRegression", OneVsRestLogisticRegression):
+        return celltypist.train(log_normalize(ref_adata), labels=np.asarray(ref_labels, dtype=str), n_jobs=-1)
+
+
 def celltypist_predict_both(ref_adata: ad.AnnData, ref_labels,
                             query_adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
     """CellTypist trained on the log-normalised reference (all given genes): its per-cell predictions for the
@@ -75,13 +84,22 @@ def celltypist_predict_both(ref_adata: ad.AnnData, ref_labels,
     of the query relabelled by its most common prediction)."""
     import celltypist
 
-    train_module = importlib.import_module("celltypist.train")  # the attribute celltypist.train is the function
-    ref, query = log_normalize(ref_adata), log_normalize(query_adata)
-    with mock.patch.object(train_module, "LogisticRegression", OneVsRestLogisticRegression):
-        model = celltypist.train(ref, labels=np.asarray(ref_labels, dtype=str), n_jobs=-1)
-    table = celltypist.annotate(query, model=model, majority_voting=True).predicted_labels
+    model = _celltypist_model(ref_adata, ref_labels)
+    table = celltypist.annotate(log_normalize(query_adata), model=model, majority_voting=True).predicted_labels
     return (table["predicted_labels"].astype(str).to_numpy(),
             table["majority_voting"].astype(str).to_numpy())
+
+
+def celltypist_unassigned(ref_adata: ad.AnnData, ref_labels, query_adata: ad.AnnData,
+                          threshold: float = 0.5) -> np.ndarray:
+    """CellTypist's probability threshold (its ``mode="prob match"``): each query cell's most probable type
+    when that probability reaches ``threshold``, else ``"Unassigned"``."""
+    import celltypist
+
+    model = _celltypist_model(ref_adata, ref_labels)
+    probabilities = celltypist.annotate(log_normalize(query_adata), model=model).probability_matrix
+    best = probabilities.idxmax(axis=1).astype(str).to_numpy()
+    return np.where(probabilities.max(axis=1).to_numpy() >= threshold, best, "Unassigned")
 
 
 def _nndescent_for_ingest(*args, **kwargs) -> NNDescent:

@@ -19,6 +19,7 @@ from ._network import Encoder
 from ._ontology import check_level
 from ._preprocess import Recipe
 from ._query import MIN_OVERLAP, prepare_query
+from ._query_clusters import query_clusters
 from ._naming import build_result, check_min_confidence
 from ._result import UNASSIGNED, TransferResult
 from ._transfer import fine_tune
@@ -209,6 +210,10 @@ class ItClust:
     ) -> TransferResult:
         """Annotate ``adata`` by ItClust's target-side iterative fine-tuning; ``adata`` is not modified.
 
+        The query is also clustered on its own structure (``_query_clusters``); a cluster that matches no
+        reference type is a population the reference does not know, labelled ``"Unassigned"``
+        (``result.query_clusters``; the rules: :func:`itclust_hub.name_clusters`).
+
         Cells with no expression in any query gene the reference reads are left out of fine-tuning and
         labelled ``"Unassigned"`` with ``result.obs["empty"]`` True (an :class:`ItClustWarning` and
         ``result.provenance["empty_cells"]`` count them); a query of only such cells is refused.
@@ -302,11 +307,13 @@ class ItClust:
                     "reference reads; check that the values are the expression (X, or the layer or raw you chose) "
                     "and that the gene names match (gene_key=, query_organism=)")
             encoder = self._encoder_for(prepared)
+            cells = prepared.data.stored_rows() if n_empty else prepared.data
             outcome = fine_tune(
-                encoder, self.centroids, prepared.data.stored_rows() if n_empty else prepared.data, tol=tol,
+                encoder, self.centroids, cells, tol=tol,
                 max_iter=max_iter, epochs_per_iter=epochs_per_iter, batch_size=batch_size, lr=lr, seed=seed,
                 progress=progress, max_cells_per_iter=max_cells_per_iter, device=device,
             )
+            own = query_clusters(cells, prepared.alignment.present, seed=seed)
         finally:
             prepared.data.close()
         notes = [prepared.organism.message(
@@ -327,6 +334,7 @@ class ItClust:
                          "level": level, "seed": seed,
                          "max_cells_per_iter": max_cells_per_iter, "device": str(device)},
         }
-        return build_result(outcome, self.cell_types, self.type_profiles.numpy(), prepared.alignment.present,
-                            adata.obs_names, min_confidence, provenance, prepared.empty, ontology=self.ontology,
+        return build_result(outcome, own, self.cell_types, self.genes, self.type_profiles.numpy(),
+                            prepared.alignment.present, adata.obs_names, min_confidence, provenance, prepared.empty,
+                            same_organism=prepared.organism.organism == self.organism, ontology=self.ontology,
                             level=level)

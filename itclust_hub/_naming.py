@@ -15,11 +15,14 @@ import pandas as pd
 from ._errors import ItClustError
 from ._network import cell_probabilities
 from ._ontology import at_level, check_level
+from ._query_clusters import QueryClusters
 from ._result import UNASSIGNED, TransferResult
 
 # Why each constant has its value, and the studies it was checked on: benchmarks/RESULTS.md, "Naming rules".
 INFORMATIVE_GENES = 500  # genes a cluster's similarity to a reference type is measured on
 RENAME_SIMILARITY = 0.5  # least similarity to the closest type for a cluster to take that type
+NOVEL_SIMILARITY = 0.5  # a query cluster matching no reference type this well (every measured gene) is novel
+TOP_GENES = 5  # genes listed per query cluster: most above its nearest reference type
 
 
 @dataclass(frozen=True)
@@ -38,18 +41,23 @@ class ClusterEvidence:
     cluster_probabilities: np.ndarray  # cells x clusters: soft assignment, squared and renormalised
     source_codes: np.ndarray  # cells: the source network's direct prediction (type index)
     empty: np.ndarray  # every cell: no expression in any gene the reference reads
+    genes: list[str]  # the reference genes (columns of the profiles)
+    query_clusters: np.ndarray  # cells: the query's own cluster (see _query_clusters)
+    query_profiles: np.ndarray  # query clusters x genes: mean expression scaled with the query's own statistics
+    same_organism: bool  # the query is of the reference's organism (the novel-population rule applies)
 
 
-def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, present: np.ndarray, obs_names,
-                 min_confidence: float, provenance: dict,
-                 empty: np.ndarray | None = None, *, ontology: dict | None = None,
+def build_result(outcome, query: QueryClusters, cell_types: list[str], genes: list[str], type_profiles: np.ndarray,
+                 present: np.ndarray, obs_names, min_confidence: float, provenance: dict,
+                 empty: np.ndarray | None = None, *, same_organism: bool = True, ontology: dict | None = None,
                  level: str = "fine") -> TransferResult:
-    """The :class:`TransferResult` of a fine-tuning ``outcome``: its evidence, named by :func:`name_clusters`.
+    """The :class:`TransferResult` of a fine-tuning ``outcome`` and the ``query``'s own clusters: its evidence,
+    named by :func:`name_clusters`.
 
-    ``outcome`` covers the cells that are not ``empty`` (a mask over ``obs_names``: cells with no expression
-    over the genes the reference reads, left out of fine-tuning); the result has a row for every cell, in
-    order, the empty ones labelled ``"Unassigned"`` with ``empty`` True, cluster -1, probabilities 0 and the
-    embedding of a cell with no expression.
+    ``outcome`` and ``query`` cover the cells that are not ``empty`` (a mask over ``obs_names``: cells with no
+    expression over the genes the reference reads, left out of fine-tuning); the result has a row for every
+    cell, in order, the empty ones labelled ``"Unassigned"`` with ``empty`` True, cluster and query cluster -1,
+    probabilities 0 and the embedding of a cell with no expression.
     """
     n_clusters = outcome.q.shape[1]
     votes = np.zeros((n_clusters, len(cell_types)))
@@ -59,7 +67,8 @@ def build_result(outcome, cell_types: list[str], type_profiles: np.ndarray, pres
         cell_types=list(cell_types), ontology=ontology, type_profiles=np.asarray(type_profiles),
         present=np.asarray(present, bool), votes=votes, profiles=outcome.cluster_profiles, clusters=outcome.clusters,
         cluster_probabilities=cell_probabilities(outcome.q.astype(np.float64)).astype(np.float32),
-        source_codes=outcome.source_codes, empty=empty)
+        source_codes=outcome.source_codes, empty=empty, genes=list(genes), query_clusters=query.labels,
+        query_profiles=query.profiles, same_organism=same_organism)
     blank = np.zeros(outcome.embedding.shape[1:], outcome.embedding.dtype) if outcome.blank_embedding is None else (
         outcome.blank_embedding)
     unnamed = TransferResult(obs=pd.DataFrame(index=pd.Index(obs_names, name=None)), probabilities=pd.DataFrame(),
@@ -85,12 +94,17 @@ def name_clusters(result: TransferResult, *, min_confidence: float = 0.5, level:
     3. **Confidence.** Its ``confidence`` is the share of its cells that started with its type (ItClust's
        share of labels kept); below ``min_confidence`` it is novel (renamed clusters excepted: their cells
        started as another type by construction).
-    4. **Closest type.** It is novel when another type's mean expression correlates better with its own over
-       every measured gene (``closest_type``).
+    4. **Novel population.** The query's own clusters (its structure alone: ``_query_clusters``) are compared
+       with the reference types: one whose mean expression (the query scaled with its own statistics)
+       correlates with no type's at ``NOVEL_SIMILARITY`` or more over every measured gene is novel, whatever
+       fine-tuned clusters its cells are in. Only for a query of the reference's organism: across species
+       the correlations of known populations fall as low as those of novel ones.
 
-    ``similarity`` is the correlation of its mean expression with its type's over the informative genes (it
-    decides renaming, not novelty). Novel clusters' cells are labelled ``"Unassigned"``; ``nearest_label``
-    keeps the type. ``level="coarse"`` reports labels, probabilities and cluster names at the reference's
+    ``similarity`` is the correlation of a cluster's mean expression with its type's over the informative
+    genes (it decides renaming). Cells of novel clusters and novel query clusters are labelled
+    ``"Unassigned"`` (``novel``); ``nearest_label`` keeps the fine-tuned cluster's type. ``query_cluster`` is
+    a cell's own cluster and ``novelty`` one minus that cluster's best correlation with a reference type;
+    ``result.query_clusters`` lists them, with the genes most above their nearest type. ``level="coarse"`` reports labels, probabilities and cluster names at the reference's
     coarse Cell Ontology level. Why each rule and constant is kept, and the studies it was checked on:
     ``benchmarks/RESULTS.md``, "Naming rules".
     """
@@ -101,25 +115,30 @@ def name_clusters(result: TransferResult, *, min_confidence: float = 0.5, level:
     check_min_confidence(min_confidence)
     check_level(level, evidence.ontology, result.provenance.get("reference", "this"))
     clusters, cluster_types = _name(evidence, min_confidence)
+    query_clusters = _name_query_clusters(evidence)
     names = np.asarray(evidence.cell_types, dtype=object)
-    c, empty = evidence.clusters, evidence.empty
+    c, own, empty = evidence.clusters, evidence.query_clusters, evidence.empty
+    novel = clusters["novel"].to_numpy()[c] | query_clusters["novel"].to_numpy()[own]
     probability = evidence.cluster_probabilities
     spread = lambda values, fill: _spread(values, empty, fill)  # noqa: E731
     obs = pd.DataFrame({
-        "label": spread(clusters["label"].to_numpy()[c], UNASSIGNED),
+        "label": spread(np.where(novel, UNASSIGNED, names[cluster_types][c]), UNASSIGNED),
         "nearest_label": spread(names[cluster_types][c], UNASSIGNED),
         "source_label": spread(names[evidence.source_codes], UNASSIGNED),
         "cluster": spread(c, -1),
         "probability": spread(probability[np.arange(len(c)), c], 0.0),
         "cluster_confidence": spread(clusters["confidence"].to_numpy()[c], 0.0),
-        "novel": spread(clusters["novel"].to_numpy()[c], False),
+        "novel": spread(novel, False),
+        "query_cluster": spread(own, -1),
+        "novelty": spread(1 - query_clusters["similarity"].to_numpy()[own], 0.0),
         "empty": empty,
     }, index=result.obs.index)
     probabilities = spread((probability @ np.eye(len(names), dtype=np.float32)[cluster_types]).astype(np.float32), 0.0)
     settings = {**result.provenance.get("settings", {}), "min_confidence": min_confidence, "level": level}
     named = dataclasses.replace(
         result, obs=obs, probabilities=pd.DataFrame(probabilities, index=obs.index, columns=list(names)),
-        clusters=clusters[clusters["size"] > 0].copy(), provenance={**result.provenance, "settings": settings})
+        clusters=clusters[clusters["size"] > 0].copy(), query_clusters=query_clusters,
+        provenance={**result.provenance, "settings": settings})
     return at_level(named, evidence.ontology, level)
 
 
@@ -148,7 +167,7 @@ def _name(evidence: ClusterEvidence, min_confidence: float):
     renamed = (closest != started) & (similarities[rows, closest] >= RENAME_SIMILARITY)
     named = np.where(renamed, closest, started)
     confidence = np.divide(votes[rows, named], sizes, out=np.zeros(n_clusters), where=sizes > 0)
-    novel = ((confidence < min_confidence) & ~renamed) | (closest != named)
+    novel = (confidence < min_confidence) & ~renamed
     table = pd.DataFrame({
         "label": np.where(novel, UNASSIGNED, names[named]),
         "nearest_label": names[named],
@@ -161,6 +180,28 @@ def _name(evidence: ClusterEvidence, min_confidence: float):
     })
     table.index.name = "cluster"
     return table, named
+
+
+def _name_query_clusters(evidence: ClusterEvidence) -> pd.DataFrame:
+    """The query's own clusters: size, nearest reference type and correlation with it over every measured
+    gene, whether novel (rule 4 of :func:`name_clusters`), and the genes most above that type."""
+    names = np.asarray(evidence.cell_types, dtype=object)
+    measured = np.flatnonzero(evidence.present)
+    profiles = evidence.query_profiles[:, : len(evidence.present)]
+    correlations = _correlations(profiles[:, measured], evidence.type_profiles[:, measured])
+    nearest = correlations.argmax(1)
+    similarity = correlations.max(1)
+    above = profiles[:, measured] - evidence.type_profiles[nearest][:, measured]
+    genes = np.asarray(evidence.genes, dtype=object)[measured]
+    table = pd.DataFrame({
+        "size": np.bincount(evidence.query_clusters, minlength=len(profiles)),
+        "nearest_type": names[nearest],
+        "similarity": similarity,
+        "novel": evidence.same_organism & (similarity < NOVEL_SIMILARITY),
+        "top_genes": [", ".join(genes[np.argsort(-row, kind="stable")[:TOP_GENES]]) for row in above],
+    })
+    table.index.name = "query_cluster"
+    return table
 
 
 def _spread(values: np.ndarray, empty: np.ndarray, fill) -> np.ndarray:

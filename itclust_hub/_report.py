@@ -104,6 +104,19 @@ def warnings(result) -> list[str]:
     return out
 
 
+def novel_text(result) -> str:
+    """How many cells are novel, and why: fine-tuned clusters of low confidence, query clusters no type matches."""
+    clusters = result.clusters[result.clusters["novel"]]
+    text = (f"{int(result.obs['novel'].sum()):,} cells labelled {UNASSIGNED}: "
+            f"{len(clusters)} of {len(result.clusters)} clusters of low confidence")
+    if result.query_clusters is not None:
+        own = result.query_clusters[result.query_clusters["novel"]]
+        text += (f"; {len(own)} of {len(result.query_clusters)} query clusters no reference type matches"
+                 + (" (nearest: " + ", ".join(f"{t} ({n:,} cells)" for t, n in zip(own["nearest_type"], own["size"]))
+                    + ")" if len(own) else ""))
+    return text
+
+
 def label_counts(result) -> pd.DataFrame:
     """Cells and share per predicted label, largest first, ``"Unassigned"`` last."""
     counts = result.labels.value_counts()
@@ -136,7 +149,7 @@ def summary_markdown(result, figures: list[str], truth: pd.Series | None = None,
         f"- Fine-tuning: {prov.get('n_iter', '?')} iterations "
         f"({'converged' if prov.get('converged') else 'not converged'}); "
         f"{result.changed_fraction:.1%} of cells changed type from the source network's direct prediction",
-        f"- Novel clusters: {len(novel)} of {len(clusters)} ({novel['size'].sum():,} cells, labelled {UNASSIGNED})",
+        f"- Novel: {novel_text(result)}",
         "",
     ]
     for warning in warnings(result):
@@ -148,13 +161,25 @@ def summary_markdown(result, figures: list[str], truth: pd.Series | None = None,
     lines += ["## Clusters", "",
               "Confidence is the share of a cluster's cells that started self-training with its type; similarity is "
               "the correlation of its mean expression with its "
-              "type's, over the genes that differ most between types. A cluster is novel when its confidence is low "
-              "or another type's expression resembles it more than its own type's.", "",
+              "type's, over the genes that differ most between types. A cluster is novel when its confidence is low.",
+              "",
               *_table(pd.DataFrame({"cluster": clusters.index, "nearest type": clusters["nearest_label"],
                                     "label": clusters["label"], "cells": clusters["size"],
                                     "confidence": clusters["confidence"].map("{:.2f}".format),
                                     "similarity": clusters["similarity"].map("{:.2f}".format),
                                     "novel": clusters["novel"].map({True: "**yes**", False: "no"})})), ""]
+    if result.query_clusters is not None:
+        own = result.query_clusters.sort_values("size", ascending=False)
+        lines += ["## The query's own clusters", "",
+                  "Clusters of the query's own structure, found without the reference. Each is compared with the "
+                  "reference types (correlation of mean expression over every measured gene, each dataset scaled "
+                  "with its own statistics); one that matches none is a population the reference does not know, "
+                  f"labelled {UNASSIGNED}. Its top genes (most above its nearest type) are where to start naming it.",
+                  "", *_table(pd.DataFrame({"query cluster": own.index, "cells": own["size"],
+                                            "nearest type": own["nearest_type"],
+                                            "similarity": own["similarity"].map("{:.2f}".format),
+                                            "novel": own["novel"].map({True: "**yes**", False: "no"}),
+                                            "top genes": own["top_genes"]})), ""]
     if truth is not None:
         score = _plot.agreement(result, truth)
         lines += [f"## Agreement with `{truth_key}`", "",

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ._naming import ClusterEvidence
 
 UNASSIGNED = "Unassigned"
-TABLE_FILES = ("labels.csv", "probabilities.csv", "clusters.csv")
+TABLE_FILES = ("labels.csv", "probabilities.csv", "clusters.csv", "query_clusters.csv")
 @dataclass
 class TransferResult:
     """The annotation of one query by one reference.
@@ -31,7 +31,9 @@ class TransferResult:
         ``source_label`` (the source network's direct prediction, before fine-tuning), ``cluster``,
         ``probability`` (of its cluster: its soft assignment to the clusters, squared and renormalised; see
         ``_network.PROBABILITY_POWER``; it ranks the reference's clusters, ``novel`` says whether any fits),
-        ``cluster_confidence``, ``novel`` and ``empty`` (the cell has no expression in any query gene the
+        ``cluster_confidence``, ``novel`` (its cluster or its query cluster is novel), ``query_cluster`` (its
+        cluster in the query's own structure), ``novelty`` (one minus its query cluster's best correlation with
+        a reference type) and ``empty`` (the cell has no expression in any query gene the
         reference reads: it is left out of fine-tuning, labelled ``"Unassigned"`` in every label column, in
         cluster -1 at probability 0, and not novel); when the reference carries Cell Ontology terms, also
         ``fine_label``, ``coarse_label``, ``ontology_id`` (of the fine label) and ``coarse_ontology_id``
@@ -47,6 +49,12 @@ class TransferResult:
         best over every measured gene), ``renamed`` (its type is its closest type, not its cells' starting
         majority) and ``novel``; see
         :func:`itclust_hub.name_clusters`.
+    query_clusters
+        One row a cluster of the query's own structure (found without the reference): ``size``,
+        ``nearest_type`` and ``similarity`` (the reference type its mean expression correlates best with, over
+        every measured gene, and that correlation), ``novel`` (no type matches it; see
+        :func:`itclust_hub.name_clusters`) and ``top_genes`` (the genes most above its nearest type: where to
+        start naming a novel population).
     embedding
         Cells x latent dimensions of the fine-tuned encoder (empty cells: where it puts a cell with no
         expression).
@@ -67,6 +75,7 @@ class TransferResult:
     embedding: np.ndarray
     provenance: dict = field(default_factory=dict)
     umap: np.ndarray | None = None
+    query_clusters: pd.DataFrame | None = None
     evidence: ClusterEvidence | None = field(default=None, repr=False)
 
     @property
@@ -85,14 +94,14 @@ class TransferResult:
         counts = self.labels.value_counts()
         top = ", ".join(f"{k}: {v}" for k, v in counts.head(6).items())
         return (f"TransferResult({len(self.obs)} cells, {len(self.clusters)} clusters, "
-                f"{int(self.clusters['novel'].sum())} novel; {top}{', ...' if len(counts) > 6 else ''})")
+                f"{int(self.obs['novel'].sum())} cells novel; {top}{', ...' if len(counts) > 6 else ''})")
 
     def to_adata(self, adata, *, copy: bool = True, key: str = "itclust"):
         """Write the result into ``adata`` (a copy unless ``copy=False``) and return it.
 
         Adds ``obs[f"{key}_label"]`` and the other per-cell columns (labels and ``cluster`` categorical, so
         scanpy colours them by category), ``obsm[f"X_{key}"]`` (embedding), ``obsm[f"{key}_probabilities"]``
-        and ``uns[key]`` (clusters table, cell types, provenance as a nested dict that ``write_h5ad`` can
+        and ``uns[key]`` (clusters and query clusters tables, cell types, provenance as a nested dict that ``write_h5ad`` can
         store: None values left out). The UMAP of :attr:`umap`, when computed, goes to ``obsm["X_umap"]``
         (to ``obsm[f"X_{key}_umap"]`` if ``adata`` has its own ``X_umap``). A backed ``adata`` is annotated
         with ``copy=False`` (its ``X`` stays on disk).
@@ -115,17 +124,20 @@ class TransferResult:
             adata.obsm["X_umap" if "X_umap" not in adata.obsm else f"X_{key}_umap"] = self.umap
         adata.uns[key] = {
             "cell_types": list(self.probabilities.columns),
-            "clusters": {c: self.clusters.reset_index()[c].to_numpy() for c in ["cluster", *self.clusters.columns]},
+            "clusters": _columns(self.clusters),
+            **({"query_clusters": _columns(self.query_clusters)} if self.query_clusters is not None else {}),
             "provenance": _storable(self.provenance),
         }
         return adata
 
     def write_tables(self, folder, *, force: bool = False) -> list[Path]:
-        """Write ``labels.csv`` (per-cell table), ``probabilities.csv`` and ``clusters.csv`` into ``folder``.
+        """Write ``labels.csv`` (per-cell table), ``probabilities.csv``, ``clusters.csv`` and
+        ``query_clusters.csv`` into ``folder``.
 
         Existing tables are replaced only with ``force``; nothing else in ``folder`` is touched."""
         folder = Path(folder)
-        tables = dict(zip(TABLE_FILES, (self.obs, self.probabilities, self.clusters)))
+        tables = dict(zip(TABLE_FILES, (self.obs, self.probabilities, self.clusters, self.query_clusters)))
+        tables = {name: frame for name, frame in tables.items() if frame is not None}
         check_output_files([folder / name for name in tables], force=force)
         folder.mkdir(parents=True, exist_ok=True)
         written = []
@@ -172,6 +184,12 @@ class TransferResult:
         from ._report import write_report
 
         return write_report(self, folder, adata=adata, model=model, truth_key=truth_key, force=force, **options)
+
+
+def _columns(table: pd.DataFrame) -> dict:
+    """A table as a dict of its index and columns (arrays), as ``write_h5ad`` stores it."""
+    table = table.reset_index()
+    return {column: table[column].to_numpy() for column in table.columns}
 
 
 def _storable(value):

@@ -275,7 +275,7 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
     from ._io import read_query
     from ._model import ItClust
     from ._outputs import check_output_files
-    from ._report import gene_overlap_text, input_type_text, label_counts, organism_text, scale_text
+    from ._report import gene_overlap_text, input_type_text, label_counts, novel_text, organism_text, scale_text
     from ._report import warnings as report_warnings
 
     if out.suffix != ".h5ad":
@@ -321,15 +321,12 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
     prov = result.provenance
     revision_text = f" (revision {prov['revision'][:12]})" if prov.get("revision") else ""
     counts = label_counts(result)
-    novel = result.clusters[result.clusters["novel"]]
     click.echo(f"Annotated {_plural(len(result.obs), 'cell')} with {prov.get('reference')}{revision_text}")
     click.echo(f"Genes: {gene_overlap_text(prov)}")
     click.echo(f"Input type assumed: {input_type_text(prov)}")
     click.echo(f"Scaled with: {scale_text(prov)}")
     click.echo("Labels: " + ", ".join(f"{label} {n:,}" for label, n in counts["cells"].items()))
-    click.echo(f"Novel clusters: {len(novel)} of {len(result.clusters)}"
-               + (f" ({_plural(int(novel['size'].sum()), 'cell')} labelled Unassigned; nearest: "
-                  + ", ".join(novel["nearest_label"].astype(str).unique()) + ")" if len(novel) else ""))
+    click.echo(f"Novel: {novel_text(result)}")
     click.echo(f"Query organism: {organism_text(prov)}")
     if prov.get("empty_cells"):
         click.echo(f"Empty cells: {prov['empty_cells']:,} express none of the genes the reference reads "

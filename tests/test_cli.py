@@ -97,7 +97,7 @@ def test_transfer_end_to_end(reference_dir, query_file, tmp_path):
 
     table = (tables / "labels.csv").read_text().splitlines()
     assert len(table) == 301 and table[0].split(",")[1:3] == ["label", "nearest_label"]
-    assert {p.name for p in tables.iterdir()} == {"labels.csv", "probabilities.csv", "clusters.csv"}
+    assert {p.name for p in tables.iterdir()} == {"labels.csv", "probabilities.csv", "clusters.csv", "query_clusters.csv"}
     pngs = ["umap.png", "cluster_confidence.png", "marker_dotplot.png", "confusion.png"]
     assert sorted(p.name for p in report.iterdir()) == sorted(pngs + ["summary.md"])
     assert all(is_png(report / name) for name in pngs)

@@ -16,7 +16,8 @@ import itclust_hub as ih
 from itclust_hub._errors import ItClustError
 from itclust_hub._preprocess import detect_input_type
 from itclust_hub._query import prepare_query
-from itclust_hub._naming import build_result, informative_genes
+from itclust_hub._naming import NOVEL_SIMILARITY, build_result, informative_genes
+from itclust_hub._query_clusters import QueryClusters
 from itclust_hub._transfer import FineTuneOutcome, _starting_centroids
 
 from _data import read, small_reference
@@ -121,7 +122,7 @@ def test_clusters_named_by_their_cells_starting_types():
     # Clusters 0, 1, 2, 3 started at the centroids of types a, c, a, a. Self-training moved the cells that
     # started as "c" into cluster 0 (as a population gathers at a neighbour's centroid): cluster 0 is named c.
     # Cluster 1 is a tie (novel by confidence). Clusters 2 and 3 started as a but their mean expression is
-    # closer to c's: cluster 2 matches c well (0.78) and is renamed c; cluster 3 only weakly (0.46): novel.
+    # closer to c's: cluster 2 matches c well (0.78) and is renamed c; cluster 3 only weakly (0.46): it keeps a.
     outcome = FineTuneOutcome(
         source_codes=np.array([0, 0, 2, 2, 0, 0, 0, 0, 0]), start_codes=np.array([0, 2, 2, 2, 0, 0, 0, 0, 0]),
         clusters=np.array([0, 0, 0, 1, 1, 2, 2, 3, 3]), q=np.tile([[0.6, 0.3, 0.1, 0.0]], (9, 1)),
@@ -129,7 +130,8 @@ def test_clusters_named_by_their_cells_starting_types():
         cluster_profiles=np.array([[0, 1, 0, 0], [1, 0, 0, 0], [2, 3, 0, 0], [1, 1.05, 0.8, 0]], dtype=float),
         n_iter=1, converged=True, changed=[0.0])
     profiles = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0]], dtype=float)
-    res = build_result(outcome, ["a", "b", "c"], profiles, np.ones(4, bool), list("rstuvwxyz"), 0.6, {})
+    res = build_result(outcome, known_population(9), ["a", "b", "c"], list("ABCD"), profiles, np.ones(4, bool),
+                       list("rstuvwxyz"), 0.6, {})
     # a tie goes to the tied type whose expression correlates best with the cluster's (cluster 1: a)
     assert list(res.obs["nearest_label"]) == ["c", "c", "c", "a", "a", "c", "c", "a", "a"]
     assert list(res.obs["source_label"]) == ["a", "a", "c", "c", "a", "a", "a", "a", "a"]
@@ -139,12 +141,41 @@ def test_clusters_named_by_their_cells_starting_types():
     assert res.clusters["similarity"][3] > 0.3  # similar enough to a, but more similar to c
     assert res.clusters["closest_type"].tolist() == ["c", "a", "c", "c"]
     assert res.clusters["renamed"].tolist() == [False, False, True, False]
-    assert res.clusters["novel"].tolist() == [False, True, False, True]
-    assert list(res.labels) == ["c"] * 3 + ["Unassigned"] * 2 + ["c"] * 2 + ["Unassigned"] * 2
+    assert res.clusters["novel"].tolist() == [False, True, False, False]
+    assert list(res.labels) == ["c"] * 3 + ["Unassigned"] * 2 + ["c"] * 2 + ["a"] * 2
     assert list(res.probabilities.columns) == ["a", "b", "c"] and (res.probabilities["b"] == 0).all()
     # each cell's q (0.6, 0.3, 0.1, 0.0) squared and renormalised, summed over the clusters each type names
     assert res.probabilities.to_numpy() == pytest.approx(np.tile([[0.09 / 0.46, 0.0, 0.37 / 0.46]], (9, 1)))
     assert res.obs["probability"].tolist() == pytest.approx([0.36 / 0.46] * 3 + [0.09 / 0.46] * 2 + [0.01 / 0.46] * 2 + [0.0] * 2)
+
+
+def known_population(n_cells: int) -> QueryClusters:
+    """The query's own structure as one cluster that matches reference type a (profile [1, 0, 0, 0]) exactly."""
+    return QueryClusters(np.zeros(n_cells, int), np.array([[1.0, 0, 0, 0]]))
+
+
+def test_a_query_cluster_no_type_matches_is_novel_within_a_species_only():
+    # Fine-tuning put every cell in cluster 0 (type a, full confidence). The query's own structure has two
+    # clusters: 0 matches a exactly; 1 (cells 2, 3) correlates with no type at NOVEL_SIMILARITY: novel.
+    outcome = FineTuneOutcome(
+        source_codes=np.zeros(4, int), start_codes=np.zeros(4, int), clusters=np.zeros(4, int),
+        q=np.ones((4, 1)), embedding=np.zeros((4, 2)), cluster_profiles=np.array([[1.0, 0, 0, 0]]),
+        n_iter=1, converged=True, changed=[0.0])
+    types = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0]], dtype=float)
+    own = QueryClusters(np.array([0, 0, 1, 1]), np.array([[1.0, 0, 0, 0], [0.2, 0.3, 0.2, 1.0]]))
+    args = (outcome, own, ["a", "b", "c"], ["G1", "G2", "G3", "G4"], types, np.ones(4, bool), list("wxyz"), 0.5, {})
+    res = build_result(*args)
+    assert list(res.labels) == ["a", "a", "Unassigned", "Unassigned"]
+    assert list(res.obs["nearest_label"]) == ["a"] * 4 and list(res.obs["query_cluster"]) == [0, 0, 1, 1]
+    assert res.obs["novel"].tolist() == [False, False, True, True]
+    assert not res.clusters["novel"].any()  # the fine-tuned cluster itself is confident
+    table = res.query_clusters
+    assert table["novel"].tolist() == [False, True] and table["size"].tolist() == [2, 2]
+    assert table["similarity"].max() == pytest.approx(1.0) and table["similarity"][1] < NOVEL_SIMILARITY
+    assert res.obs["novelty"].tolist() == pytest.approx([0, 0, 1 - table["similarity"][1], 1 - table["similarity"][1]])
+    assert table["top_genes"][1].split(", ")[0] == "G4"  # most above its nearest type
+    across = build_result(*args, same_organism=False)  # across species the level separates nothing: not applied
+    assert list(across.labels) == ["a"] * 4 and not across.query_clusters["novel"].any()
 
 
 def test_a_tie_between_starting_types_goes_to_the_type_the_cluster_resembles():
@@ -155,7 +186,8 @@ def test_a_tie_between_starting_types_goes_to_the_type_the_cluster_resembles():
         q=np.ones((2, 1)), embedding=np.zeros((2, 2)),
         cluster_profiles=np.array([[0.8, 1, 0.9, 0]]), n_iter=1, converged=True, changed=[0.0])
     profiles = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0]], dtype=float)
-    res = build_result(outcome, ["a", "b", "c"], profiles, np.ones(4, bool), ["x", "y"], 0.5, {})
+    res = build_result(outcome, known_population(2), ["a", "b", "c"], list("ABCD"), profiles, np.ones(4, bool),
+                       ["x", "y"], 0.5, {})
     assert list(res.labels) == ["c", "c"] and res.clusters["confidence"].tolist() == [0.5]
 
 
