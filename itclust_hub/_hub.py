@@ -349,17 +349,6 @@ def clear_cache(name: str | None = None, cache_dir=None) -> int:
     return freed
 
 
-def _entry_from_config(config: dict, repo_id: str, revision: str, folder: Path) -> ReferenceEntry:
-    arch, meta = config.get("architecture", {}), config.get("metadata", {})
-    return ReferenceEntry(
-        name=config["name"], repo_id=repo_id, revision=revision,
-        organism=config.get("organism"), tissue=config.get("tissue"), n_cells=config.get("n_cells"),
-        n_cell_types=arch.get("n_types"), n_genes=arch.get("n_genes"), version=config.get("version"),
-        license=meta.get("license"), citation=meta.get("citation"), description=meta.get("description"),
-        files={name: sha256(folder / name) for name in REFERENCE_FILES},
-    )
-
-
 def _index_with(api: HfApi, index_repo: str, entry: ReferenceEntry) -> bytes:
     """The index repository's index.json with ``entry`` added or replaced."""
     try:
@@ -414,7 +403,7 @@ def push_reference(folder, repo_id: str, token: str | None = None, revision: str
         commit = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
                                    allow_patterns=list(REFERENCE_FILES),
                                    commit_message=f"Upload reference {config['name']}")
-        entry = _entry_from_config(config, repo_id, commit.oid, folder)
+        entry = ReferenceEntry.from_config(config, repo_id, commit.oid, folder)
         index_file = CommitOperationAdd(INDEX_FILENAME, _index_with(api, index_repo, entry))
         proposal = api.create_commit(index_repo, repo_type=INDEX_REPO_TYPE, create_pr=open_pr, operations=[index_file],
                                      commit_message=f"Add {entry.name} ({repo_id}@{commit.oid[:7]})")

@@ -16,11 +16,11 @@ from ._errors import ItClustError, ItClustWarning
 from ._format import FORMAT_VERSION
 from ._impute import impute_missing
 from ._network import Encoder
-from ._ontology import check_level
+from ._ontology import UNASSIGNED, check_level
 from ._preprocess import Recipe
 from ._query import MIN_OVERLAP, prepare_query
 from ._naming import build_result, check_min_confidence
-from ._result import UNASSIGNED, TransferResult
+from ._result import TransferResult
 from ._transfer import fine_tune
 
 

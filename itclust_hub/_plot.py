@@ -19,8 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ._errors import ItClustError
-from ._ontology import is_ontology_id
-from ._result import UNASSIGNED
+from ._ontology import UNASSIGNED, is_ontology_id
 
 # A UMAP plot of more cells draws a random sample of this many: umap-learn took ~3 minutes on 100k cells (one
 # thread); the sample's picture of the clusters is the same and the plot is legible.

@@ -21,7 +21,7 @@ import pandas as pd
 from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
-from ._artifact import REFERENCE_FILES
+from ._artifact import REFERENCE_FILES, sha256
 from ._errors import ItClustError
 from ._genes import normalize_organism
 
@@ -71,6 +71,19 @@ class ReferenceEntry:
             raise ItClustError(f"index entry {name!r} has no repo_id; reinstall itclust-hub or run list with refresh")
         known = {f.name for f in fields(cls)} - {"name"}
         return cls(name=name, **{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_config(cls, config: dict, repo_id: str, revision: str | None, folder: Path) -> "ReferenceEntry":
+        """The entry of the reference saved in ``folder`` (whose ``config.json`` holds ``config``) at
+        ``repo_id`` and ``revision``: its summary and the SHA-256 of its files."""
+        arch, meta = config.get("architecture", {}), config.get("metadata", {})
+        return cls(
+            name=config["name"], repo_id=repo_id, revision=revision,
+            organism=config.get("organism"), tissue=config.get("tissue"), n_cells=config.get("n_cells"),
+            n_cell_types=arch.get("n_types"), n_genes=arch.get("n_genes"), version=config.get("version"),
+            license=meta.get("license"), citation=meta.get("citation"), description=meta.get("description"),
+            files={name: sha256(Path(folder) / name) for name in REFERENCE_FILES},
+        )
 
     def to_dict(self) -> dict:
         """The JSON form stored in ``index.json`` (the name is the key, not a field)."""

@@ -10,9 +10,9 @@ import pandas as pd
 
 from . import _plot
 from ._errors import ItClustError
+from ._ontology import UNASSIGNED
 from ._outputs import atomic_path, check_output_files
 from ._progress import progress_bar
-from ._result import UNASSIGNED
 
 UMAP_PNG = "umap.png"
 CONFIDENCE_PNG = "cluster_confidence.png"

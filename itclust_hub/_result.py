@@ -12,12 +12,11 @@ import pandas as pd
 
 from ._errors import ItClustError
 from ._outputs import atomic_path, check_output_files
-from ._ontology import ONTOLOGY_COLUMNS
+from ._ontology import ONTOLOGY_COLUMNS, UNASSIGNED  # noqa: F401 (UNASSIGNED: imported from here by _naming)
 
 if TYPE_CHECKING:
     from ._naming import ClusterEvidence
 
-UNASSIGNED = "Unassigned"
 TABLE_FILES = ("labels.csv", "probabilities.csv", "clusters.csv")
 @dataclass
 class TransferResult:
