@@ -320,7 +320,7 @@ class ItClust:
             warnings.warn(note, ItClustWarning, stacklevel=2)
         provenance = {
             "reference": self.name, "reference_version": self.config["version"], **self.source,
-            **prepared.summary(), "warnings": notes,
+            "layer": layer, "use_raw": use_raw, **prepared.summary(), "warnings": notes,
             "n_iter": outcome.n_iter, "converged": outcome.converged, "changed": outcome.changed,
             "settings": {"tol": tol, "max_iter": max_iter, "epochs_per_iter": epochs_per_iter,
                          "batch_size": batch_size, "lr": lr, "min_confidence": min_confidence,

@@ -309,7 +309,7 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
             written += result.write_tables(tables, force=force)
         if report is not None:
             written += result.report(report, adata=adata, model=model, truth_key=truth_key, force=force,
-                                     layer=layer, use_raw=use_raw, orthologs=orthologs, seed=seed, progress=progress)
+                                     orthologs=orthologs, seed=seed, progress=progress)
         _write_h5ad(result.to_adata(adata, copy=False), out)
     except BaseException:  # a failure (or Ctrl-C) while writing leaves none of the files this run created
         for path in new:
