@@ -28,9 +28,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from ._artifact import REFERENCE_FILES, sha256
+from ._artifact import REFERENCE_FILES, check_format, sha256
 from ._errors import ItClustError
-from ._format import check_format
 from ._progress import hub_progress
 from ._registry import (
     INDEX_FILENAME,

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import torch
 
-from ._artifact import CONTEXT_TENSORS, read_reference, write_reference
+from ._artifact import CONTEXT_TENSORS, FORMAT_VERSION, read_reference, write_reference
 from ._card import render_card
 from ._errors import ItClustError, ItClustWarning
-from ._format import FORMAT_VERSION
 from ._impute import impute_missing
 from ._network import Encoder
 from ._ontology import UNASSIGNED, check_level

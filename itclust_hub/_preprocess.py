@@ -34,7 +34,6 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
         d = dict(d)
-        d.pop("scale_with", None)  # written by references built before transfer(scale=...) decided scaling
         d["drop_gene_prefixes"] = tuple(d.get("drop_gene_prefixes", ()))
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:

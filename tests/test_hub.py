@@ -11,7 +11,7 @@ from hub_server import TOKEN, SilentEndpoint, closed_endpoint
 
 from itclust_hub import _registry
 from itclust_hub._errors import ItClustError
-from itclust_hub._format import FORMAT_VERSION
+from itclust_hub._artifact import FORMAT_VERSION
 from itclust_hub._hub import cached_references, clear_cache, push_reference, resolve_reference
 from itclust_hub._registry import get_entry, list_references, load_index, parse_reference
 
