@@ -131,7 +131,7 @@ def main(debug: bool) -> None:
               help="Add Hub repos tagged itclust-hub that the index does not list (unverified).")
 def list_command(organism, tissue, name_pattern, refresh, community) -> None:
     """List the available references."""
-    from ._registry import list_references
+    from ._hub import list_references
 
     table = list_references(organism=organism, tissue=tissue, name=name_pattern, refresh=refresh,
                             include_community=community)

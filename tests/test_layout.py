@@ -62,3 +62,22 @@ def test_no_import_cycles():
 def test_a_cycle_is_found():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+NETWORK_NAMES = {"httpx2", "urllib.request", "fsspec", "HfApi", "hf_hub_download", "snapshot_download"}
+
+
+def test_only_the_hub_module_goes_to_the_network():
+    """Everything that can reach the network (Hub API, downloads, file servers) is in _hub; the index lookup
+    (_registry) and the rest read local files only."""
+    reaching = set()
+    for module in MODULES:
+        for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
+            names = set()
+            if isinstance(node, ast.Import):
+                names = {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = {node.module, *(alias.name for alias in node.names)}
+            if names & NETWORK_NAMES:
+                reaching.add(module)
+    assert reaching == {"_hub"}
