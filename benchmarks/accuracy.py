@@ -117,7 +117,7 @@ def score(pair: splits.Pair, prediction: Prediction) -> tuple[dict, pd.Series, p
     known = np.isin(truth, splits.harmonise(pair.reference.obs[pair.label_key].unique()))
     flagged = prediction.flagged if prediction.flagged is not None else np.zeros(len(truth), bool)
     unassigned = prediction.labels == UNASSIGNED
-    row = {**metrics.scores(truth[known], predicted[known]),
+    row = {**metrics.label_scores(truth[known], predicted[known]),
            "n_known": int(known.sum()), "n_novel": int((~known).sum()),
            "novel_flagged": int(flagged[~known].sum()), "novel_unassigned": int(unassigned[~known].sum()),
            "known_unassigned": int(unassigned[known].sum())}

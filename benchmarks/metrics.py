@@ -1,4 +1,5 @@
-"""Scores of predicted cell-type labels against the truth, and calibration of a confidence score.
+"""Scores of predicted cell-type labels against the truth (accuracy, macro-F1, ARI: the package's own, from
+``itclust_hub._evaluate``), per-type recall, and calibration of a confidence score.
 
 Labels are compared as strings; the caller harmonises both vocabularies first. A prediction that is not
 among the true types (e.g. "Unassigned") simply counts as wrong.
@@ -8,40 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import adjusted_rand_score, f1_score
+
+from itclust_hub._evaluate import accuracy, ari, label_scores, macro_f1  # noqa: F401 (read from here)
 
 CONFIDENCE_BINS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
-
-
-def accuracy(truth, predicted) -> float:
-    """Share of cells whose predicted label equals the true one."""
-    return float(np.mean(np.asarray(truth) == np.asarray(predicted)))
-
-
-def macro_f1(truth, predicted, min_cells: int = 1) -> float:
-    """Unweighted mean of the per-type F1 over the types with at least ``min_cells`` cells in ``truth``
-    (NaN when there is none); every cell still counts towards those types' precision."""
-    types, counts = np.unique(np.asarray(truth), return_counts=True)
-    if not (counts >= min_cells).any():
-        return float("nan")
-    return float(f1_score(truth, predicted, labels=types[counts >= min_cells], average="macro", zero_division=0))
-
-
-def ari(truth, predicted) -> float:
-    """Adjusted Rand index between the true and the predicted partition."""
-    return float(adjusted_rand_score(truth, predicted))
 
 
 def per_type_recall(truth, predicted) -> pd.Series:
     """Share of each true type's cells that received that type, indexed by type."""
     frame = pd.DataFrame({"truth": np.asarray(truth), "hit": np.asarray(truth) == np.asarray(predicted)})
     return frame.groupby("truth")["hit"].mean().rename("recall")
-
-
-def scores(truth, predicted) -> dict[str, float]:
-    """Accuracy, macro-F1 and ARI in one dictionary."""
-    return {"accuracy": accuracy(truth, predicted), "macro_f1": macro_f1(truth, predicted),
-            "ari": ari(truth, predicted)}
 
 
 def calibration(correct, confidence, bins=CONFIDENCE_BINS) -> pd.DataFrame:

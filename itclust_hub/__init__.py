@@ -14,7 +14,7 @@ from ._io import read_query
 from ._model import ItClust
 from ._naming import name_clusters
 from ._preprocess import Recipe
-from ._registry import list_references
+from ._hub import list_references
 from ._result import TransferResult
 from ._train import train_reference
 

@@ -1,5 +1,6 @@
-"""The reference artifact on disk: ``model.safetensors`` + ``config.json`` + ``genes.json`` +
-``labels.json`` + ``README.md``. Written atomically, read without executing code, and checked on load
+"""The reference format: the artifact on disk (``model.safetensors`` + ``config.json`` + ``genes.json`` +
+``labels.json`` + ``README.md``), its version, the one upgrade path for older versions, and the tensor
+names and shapes the config implies. Written atomically, read without executing code, and checked on load
 (files present, checksums, format version, tensor names and shapes, gene and label counts)."""
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ._errors import ItClustError
-from ._format import check_format
 from ._outputs import check_output_folder, current_umask
 from ._ontology import check_ontology
 
+# 2 adds context genes (genes.json context lists, context_* tensors); 3 adds each gene's share of a cell's
+# expression (gene_share, context_share); 1 and 2 are still read
+FORMAT_VERSION = 3
+SHARE_FORMAT = 3  # the format that adds gene_share and context_share (earlier references lack them)
 CHECKED_FILES = ("model.safetensors", "genes.json", "labels.json")
 REFERENCE_FILES = ("config.json", *CHECKED_FILES, "README.md")
 
@@ -86,7 +90,40 @@ def _read_json(path: Path) -> dict:
 
 
 CONTEXT_TENSORS = ("mean", "std", "loadings", "noise", "share")  # stored as context_<name> when a reference has context genes
-SHARE_FORMAT = 3  # the format that adds gene_share and context_share (earlier references lack them)
+
+
+def check_format(folder: Path, what: str) -> dict:
+    """Read ``folder/config.json`` and refuse a reference whose ``format_version`` this client cannot read.
+
+    ``what`` names the reference in the error message. Returns the parsed config.
+    """
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ItClustError(f"{what} is not an itclust-hub reference: {path} does not exist")
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ItClustError(f"{path} is not valid JSON; re-download or re-save {what}") from None
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ItClustError(f"{path} has no integer format_version; {what} is damaged or not an itclust-hub reference")
+    if version > FORMAT_VERSION:
+        raise ItClustError(
+            f"{what} needs reference format version {version} but this itclust-hub reads up to "
+            f"{FORMAT_VERSION}; run pip install -U itclust-hub"
+        )
+    return config
+
+
+def upgrade(config: dict) -> dict:
+    """``config`` of an older reference as this client reads it: the one place where older formats are brought
+    up to date. Their tensors and gene lists are read as they are (format 1 has no context genes, formats 1
+    and 2 no gene shares: :func:`expected_shapes` and the model treat those as absent)."""
+    preprocessing = config.get("preprocessing")
+    if isinstance(preprocessing, dict) and "scale_with" in preprocessing:
+        # written by references built before transfer(scale=...) decided the scaling; never read
+        config = dict(config, preprocessing={k: v for k, v in preprocessing.items() if k != "scale_with"})
+    return config
 
 
 def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
@@ -121,7 +158,7 @@ def read_reference(folder) -> tuple[dict, dict[str, torch.Tensor], dict, dict]:
     missing = [name for name in REFERENCE_FILES[:-1] if not (folder / name).is_file()]
     if missing:
         raise ItClustError(f"{folder} lacks {', '.join(missing)}; re-download or re-save the reference")
-    config = check_format(folder, str(folder))
+    config = upgrade(check_format(folder, str(folder)))
     for name in CHECKED_FILES:
         want = config.get("files", {}).get(name)
         if want is None or sha256(folder / name) != want:

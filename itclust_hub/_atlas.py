@@ -19,10 +19,10 @@ import torch
 
 from ._data import ScaledMatrix
 from ._errors import ItClustError
-from ._preprocess import Recipe, as_csr, check_values, lognormalize, resolve_input_type
+from ._preprocess import (N_DETECT_ROWS, Recipe, as_csr, check_values, lognormalize, mean_std, moments,
+                          resolve_input_type)
 
 CHUNK_CELLS = 8192
-N_DETECT_ROWS = 2000
 
 
 def _no_reduce(array: np.ndarray) -> np.ndarray:
@@ -67,12 +67,6 @@ def seurat_hvg(mean: np.ndarray, var: np.ndarray, n_top: int, n_bins: int = 20) 
         raise ItClustError("no gene varies across the atlas cells; check the data")
     cutoff = ranked[min(n_top, ranked.size) - 1]
     return np.nan_to_num(norm, nan=-np.inf) >= cutoff
-
-
-def _moments(sums: np.ndarray, squares: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance (ddof=1) from per-gene sums and sums of squares over ``n`` cells."""
-    mean = sums / n
-    return mean, np.clip(squares / n - mean**2, 0, None) * (n / max(n - 1, 1))
 
 
 @dataclass
@@ -193,11 +187,8 @@ def scan_atlas(adata, codes: np.ndarray, cell_types: list[str], recipe: Recipe, 
             sums[row] += np.bincount(logged.indices, weights=weights, minlength=g)
     totals, sums = shard.reduce(totals), shard.reduce(sums)
 
-    hvg = seurat_hvg(*_moments(sums[0], sums[1], n), min(recipe.n_top_genes, g))
-    mean, var = _moments(sums[2], sums[3], n)
-    std = np.sqrt(var)
-    std[std == 0] = 1.0
-    mean, std = mean.astype(np.float32), std.astype(np.float32)
+    hvg = seurat_hvg(*moments(sums[0], sums[1], n), min(recipe.n_top_genes, g))
+    mean, std = mean_std(sums[2], sums[3], n)
     share = (sums[0] / sums[0].sum()).astype(np.float32)
     present = np.unique(codes[cells])
     recode = np.full(len(cell_types), -1)

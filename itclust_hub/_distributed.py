@@ -1,38 +1,63 @@
-"""Source training across processes started by ``torchrun``: DistributedDataParallel (gloo on CPU, nccl
-on GPU) over a backed (on-disk) AnnData, so an atlas larger than one machine's memory trains.
+"""How the processes of source training share the work: :class:`Replica` (the only process, every row) or
+:class:`DistributedReplica` (one of several processes: DistributedDataParallel, gloo on CPU, nccl on GPU,
+each reading its share of every minibatch of a backed atlas), and :func:`launch`, which starts the processes
+on this machine as ``torchrun --standalone`` does (``itclust-hub train --processes N``).
 
-Every process opens the same ``.h5ad`` with ``backed="r"``, scans its own share of the chunks for the QC,
-gene-selection and scaling statistics (summed across processes), then reads only its share of the rows of
-every minibatch; gradients are averaged by DistributedDataParallel. Launch with::
-
-    torchrun --nproc_per_node=4 -m itclust_hub._distributed atlas.h5ad --label-key cell_type \\
-        --name my-atlas -o my-atlas/
-
-or, inside your own torchrun script, ``train_reference(anndata.read_h5ad(path, backed="r"), ...,
-distributed=True)``.
+Inside a torchrun script of your own (several machines, say), ``train_reference(anndata.read_h5ad(path,
+backed="r"), ..., distributed=True)`` joins torchrun's process group instead.
 """
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
-import sys
+import uuid
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ._artifact import REFERENCE_FILES
-from ._errors import ItClustError, cli_words
-from ._outputs import check_output_folder
-from ._preprocess import Recipe
-from ._train import Replica, train_reference
+from ._atlas import Shard
+from ._errors import ItClustError
+
+
+class Replica:
+    """This process's part in training: here the only process, training on every row.
+
+    Under ``torchrun`` a :class:`DistributedReplica` takes its place: each process reads its share of every
+    minibatch, sums are added up across processes and gradients averaged.
+    """
+
+    rank = 0
+    world = 1
+    device = torch.device("cpu")
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """This process's rows of a minibatch."""
+        return index[self.rank :: self.world]
+
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of ``tensor`` over all processes."""
+        return tensor
+
+    def reduce(self, array: np.ndarray) -> np.ndarray:
+        """:meth:`all_sum` for a NumPy array."""
+        return self.all_sum(torch.from_numpy(array)).cpu().numpy()
+
+    def shard(self) -> Shard:
+        """This process's share of the chunks of a pass over the atlas."""
+        return Shard(self.rank, self.world, self.reduce)
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """The module to train through (DistributedDataParallel under torchrun)."""
+        return module
 
 
 class DistributedReplica(Replica):
-    """One of the processes of a torchrun job; joins the process group (from torchrun's environment) if
-    the caller has not."""
+    """One of the processes of a torchrun job (or of :func:`launch`); joins the process group (from
+    torchrun's environment) if the caller has not."""
 
     def __init__(self):
         if not dist.is_initialized():
@@ -57,57 +82,32 @@ class DistributedReplica(Replica):
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
 
-def _arguments(argv) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="torchrun --nproc_per_node=N -m itclust_hub._distributed",
-                                     description="Train a reference data-parallel from a backed .h5ad atlas.")
-    parser.add_argument("atlas", help=".h5ad file with raw counts in X")
-    parser.add_argument("--label-key", required=True, help="obs column with the cell-type labels")
-    parser.add_argument("--name", required=True, help="reference name")
-    parser.add_argument("-o", "--output", required=True, help="reference folder to write (by the first process)")
-    parser.add_argument("--organism", help="organism of the atlas (default: detected from the gene names)")
-    parser.add_argument("--tissue", default="unknown")
-    parser.add_argument("--small-types", choices=["error", "drop"], default="error")
-    parser.add_argument("--min-cells-per-type", type=int, default=2)
-    parser.add_argument("--n-top-genes", type=int,
-                        help=f"highly variable genes (default: the recipe's {Recipe().n_top_genes})")
-    parser.add_argument("--pretrain-epochs", type=int, default=40)
-    parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=256, help="global minibatch, split across processes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="replace the reference files in the output folder")
-    return parser.parse_args(argv)
+def launch(processes: int, function, *args) -> list:
+    """Run ``function(*args)`` in ``processes`` new processes on this machine, with the environment torchrun
+    gives them (rank, world size, rendezvous; one OpenMP thread each unless ``OMP_NUM_THREADS`` is set), and
+    return what each returned, by rank. ``function`` must be importable by name (it is pickled); a process
+    that fails is a one-line error."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-
-def main(argv=None) -> int:
-    """Entry point for ``torchrun ... -m itclust_hub._distributed``; returns the exit status."""
-    import anndata
-
-    args = _arguments(argv)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
+    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
+    levels = [logger.level for logger in loggers]
+    set_threads = "OMP_NUM_THREADS" not in os.environ
+    if set_threads:
+        os.environ["OMP_NUM_THREADS"] = "1"
+    for logger in loggers:  # the launcher's own log lines; a failure is reported below in one line
+        logger.setLevel(logging.CRITICAL)
     try:
-        recipe = Recipe() if args.n_top_genes is None else Recipe(n_top_genes=args.n_top_genes)
-        if not os.path.isfile(args.atlas):
-            raise ItClustError(f"{args.atlas} does not exist")
-        check_output_folder(args.output, REFERENCE_FILES, force=args.force, inputs=[args.atlas])
-        adata = anndata.read_h5ad(args.atlas, backed="r")
-        model = train_reference(
-            adata, args.label_key, args.name, organism=args.organism, tissue=args.tissue, recipe=recipe,
-            min_cells_per_type=args.min_cells_per_type, small_types=args.small_types,
-            pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-            distributed=True,
-        )
-        if dist.get_rank() == 0:
-            path = model.save_pretrained(args.output, force=args.force)
-            print(f"Trained {model.name} on {dist.get_world_size()} processes: {model.config['n_cells']} cells, "
-                  f"{len(model.cell_types)} cell types, {len(model.genes)} genes; saved to {path}")
-        dist.barrier()
-    except ItClustError as err:
-        print(f"Error: {cli_words(str(err))}", file=sys.stderr)
-        return 1
+        results = elastic_launch(config, function)(*args)
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        message = failure.message.get("message") if isinstance(failure.message, dict) else failure.message
+        raise ItClustError(f"process {rank} of {processes} failed: {message or f'exit status {failure.exitcode}'}") from None
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        if set_threads:
+            os.environ.pop("OMP_NUM_THREADS", None)
+    return [results[rank] for rank in range(processes)]

@@ -15,17 +15,33 @@ SCORED_COLUMNS = ("label", "nearest_label", "source_label")
 METRICS = ("accuracy", "macro_f1", "ari")
 
 
+def accuracy(truth, predicted) -> float:
+    """Share of cells whose predicted label equals the true one."""
+    return float(np.mean(np.asarray(truth) == np.asarray(predicted)))
+
+
+def macro_f1(truth, predicted, min_cells: int = 1) -> float:
+    """Unweighted mean of the per-type F1 over the types with at least ``min_cells`` cells in ``truth``
+    (NaN when there is none); every cell still counts towards those types' precision."""
+    types, counts = np.unique(np.asarray(truth), return_counts=True)
+    if not (counts >= min_cells).any():
+        return float("nan")
+    return float(f1_score(truth, predicted, labels=types[counts >= min_cells], average="macro", zero_division=0))
+
+
+def ari(truth, predicted) -> float:
+    """Adjusted Rand index between the true and the predicted partition."""
+    return float(adjusted_rand_score(truth, predicted))
+
+
 def label_scores(truth, predicted) -> dict[str, float]:
-    """Accuracy, macro-F1 (over the true types) and adjusted Rand index of ``predicted`` against ``truth``.
+    """Accuracy, macro-F1 (over the true types) and adjusted Rand index of ``predicted`` against ``truth``,
+    compared as strings.
 
     A predicted name that is not a true type ("Unassigned", say) counts as wrong.
     """
     truth, predicted = np.asarray(truth, dtype=str), np.asarray(predicted, dtype=str)
-    return {
-        "accuracy": float(np.mean(truth == predicted)),
-        "macro_f1": float(f1_score(truth, predicted, labels=np.unique(truth), average="macro", zero_division=0)),
-        "ari": float(adjusted_rand_score(truth, predicted)),
-    }
+    return {"accuracy": accuracy(truth, predicted), "macro_f1": macro_f1(truth, predicted), "ari": ari(truth, predicted)}
 
 
 def evaluate_transfer(model, query, truth, *, level: str = "fine", reference_harmonise: dict | None = None,

@@ -1,9 +1,12 @@
-"""Getting a reference folder onto disk - the packaged copy, a local folder, the Hub (pinned, cached and
-verified against the index) or a lab's own file server - plus listing and clearing the cache, and
-publishing a reference with a pull request on the index repository."""
+"""All of the hub that goes to the network: getting a reference folder onto disk - the packaged copy, a local
+folder, the Hub (pinned, cached and verified against the index) or a lab's own file server -, listing the
+references (the newest index and community repos on request), listing and clearing the cache, and
+publishing a reference with a pull request on the index repository. Hub settings (``HF_ENDPOINT``,
+``HF_HUB_OFFLINE``, ``HF_HUB_ETAG_TIMEOUT``) are read at call time. The index itself is :mod:`._registry`."""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import http.client
 import json
@@ -13,52 +16,84 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import fsspec
+import httpx2
 import pandas as pd
-from huggingface_hub import CommitOperationAdd, HfApi, get_token, hf_hub_download, scan_cache_dir, snapshot_download
+from huggingface_hub import (CommitOperationAdd, HfApi, constants, get_token, hf_hub_download, scan_cache_dir,
+                             snapshot_download)
 from huggingface_hub.errors import (
     CacheNotFound,
     HfHubHTTPError,
     LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
     RemoteEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 
-from ._artifact import REFERENCE_FILES, sha256
+from ._artifact import REFERENCE_FILES, check_format, sha256
 from ._errors import ItClustError
-from ._format import check_format
+from ._genes import normalize_organism
 from ._progress import hub_progress
 from ._registry import (
     INDEX_FILENAME,
     INDEX_REPO_ID,
     INDEX_REPO_TYPE,
     INDEX_VERSION,
-    NETWORK_ERRORS,
     ReferenceEntry,
     bundled_entry,
     bundled_folder,
     find_entry,
     get_entry,
     hub_cache_dir,
-    hub_endpoint,
-    is_offline,
+    is_cached,
     is_reference_name,
     load_index,
-    network_reason,
-    network_timeout,
     parse_reference,
-    remote_commit,
 )
 
 logger = logging.getLogger(__name__)
 
+COMMUNITY_TAG = "itclust-hub"
+NETWORK_TIMEOUT_S = 5.0
+_TRUE = {"1", "ON", "YES", "TRUE"}
+# Errors that mean "the Hub did not answer" rather than "the Hub said no".
+NETWORK_ERRORS = (httpx2.TransportError, OfflineModeIsEnabled)
 URL_CACHE = "itclust-hub-urls"
 _SOURCE_URL_FILE = ".source-url"
 _COMMIT_LENGTH = 40
+
+
+def hub_endpoint() -> str:
+    """The Hub URL: ``HF_ENDPOINT`` as set now, else huggingface_hub's default."""
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` is set, whether before or after huggingface_hub was imported."""
+    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
+
+
+def network_timeout() -> float:
+    """Seconds to wait for the Hub before giving up: ``HF_HUB_ETAG_TIMEOUT`` if set, else 5."""
+    return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or NETWORK_TIMEOUT_S)
+
+
+def network_reason(err: Exception) -> str:
+    """A short reason for a failed Hub call, for one-line messages."""
+    if isinstance(err, httpx2.TimeoutException):
+        return f"no answer within {network_timeout():g} s"
+    if isinstance(err, HfHubHTTPError) and err.response is not None:
+        return f"HTTP {err.response.status_code}"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def remote_commit(api: HfApi, repo_id: str, revision: str | None, repo_type: str | None = None) -> str:
+    """The commit ``revision`` points to on the Hub, asked with a short timeout so a dead endpoint fails fast."""
+    return api.repo_info(repo_id, revision=revision, repo_type=repo_type, timeout=network_timeout()).sha
 
 
 @dataclass(frozen=True)
@@ -349,17 +384,6 @@ def clear_cache(name: str | None = None, cache_dir=None) -> int:
     return freed
 
 
-def _entry_from_config(config: dict, repo_id: str, revision: str, folder: Path) -> ReferenceEntry:
-    arch, meta = config.get("architecture", {}), config.get("metadata", {})
-    return ReferenceEntry(
-        name=config["name"], repo_id=repo_id, revision=revision,
-        organism=config.get("organism"), tissue=config.get("tissue"), n_cells=config.get("n_cells"),
-        n_cell_types=arch.get("n_types"), n_genes=arch.get("n_genes"), version=config.get("version"),
-        license=meta.get("license"), citation=meta.get("citation"), description=meta.get("description"),
-        files={name: sha256(folder / name) for name in REFERENCE_FILES},
-    )
-
-
 def _index_with(api: HfApi, index_repo: str, entry: ReferenceEntry) -> bytes:
     """The index repository's index.json with ``entry`` added or replaced."""
     try:
@@ -414,7 +438,7 @@ def push_reference(folder, repo_id: str, token: str | None = None, revision: str
         commit = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
                                    allow_patterns=list(REFERENCE_FILES),
                                    commit_message=f"Upload reference {config['name']}")
-        entry = _entry_from_config(config, repo_id, commit.oid, folder)
+        entry = ReferenceEntry.from_config(config, repo_id, commit.oid, folder)
         index_file = CommitOperationAdd(INDEX_FILENAME, _index_with(api, index_repo, entry))
         proposal = api.create_commit(index_repo, repo_type=INDEX_REPO_TYPE, create_pr=open_pr, operations=[index_file],
                                      commit_message=f"Add {entry.name} ({repo_id}@{commit.oid[:7]})")
@@ -428,3 +452,81 @@ def push_reference(folder, repo_id: str, token: str | None = None, revision: str
         raise ItClustError(f"push to {endpoint} failed ({network_reason(err)}); check your connection and run it "
                            "again") from None
     return PushedReference(repo_id, commit.oid, entry, proposal.pr_url or proposal.commit_url)
+
+
+def _fetch_hub_index(cache_dir) -> str:
+    """Download the newest index from the index repository into the Hub cache; returns its path."""
+    if is_offline():
+        raise ItClustError("cannot refresh the reference index while HF_HUB_OFFLINE is set; unset it or list "
+                           "without refresh")
+    api = HfApi(endpoint=hub_endpoint())
+    try:
+        remote_commit(api, INDEX_REPO_ID, None, INDEX_REPO_TYPE)
+        return hf_hub_download(INDEX_REPO_ID, INDEX_FILENAME, repo_type=INDEX_REPO_TYPE,
+                               cache_dir=hub_cache_dir(cache_dir), endpoint=hub_endpoint(),
+                               etag_timeout=network_timeout())
+    except RepositoryNotFoundError:
+        raise ItClustError(f"{hub_endpoint()} has no index repository {INDEX_REPO_ID}; list without refresh") from None
+    except (*NETWORK_ERRORS, HfHubHTTPError) as err:
+        raise ItClustError(f"cannot fetch the reference index from {hub_endpoint()} ({network_reason(err)}); "
+                           "check your connection or list without refresh") from None
+
+
+def _community_entries(known_repos: set[str]) -> list[ReferenceEntry]:
+    if is_offline():
+        raise ItClustError("cannot search the Hub for community references while HF_HUB_OFFLINE is set; unset it")
+    api = HfApi(endpoint=hub_endpoint())
+    try:
+        remote_commit(api, INDEX_REPO_ID, None, INDEX_REPO_TYPE)
+        models = list(api.list_models(filter=COMMUNITY_TAG))
+    except (*NETWORK_ERRORS, HfHubHTTPError) as err:
+        raise ItClustError(f"cannot search {hub_endpoint()} for community references ({network_reason(err)}); "
+                           "check your connection") from None
+    return [ReferenceEntry(name=m.id, repo_id=m.id, revision=m.sha) for m in models if m.id not in known_repos]
+
+
+def list_references(organism: str | None = None, tissue: str | None = None, name: str | None = None,
+                    refresh: bool = False, include_community: bool = False, cache_dir=None) -> pd.DataFrame:
+    """Table of available references, one row each.
+
+    Parameters
+    ----------
+    organism
+        Keep rows of this organism, any usual spelling (``"human"``, ``"Homo sapiens"``, ``"hs"``, 9606).
+    tissue
+        Keep rows of this tissue (case-insensitive), e.g. ``"pancreas"``.
+    name
+        Keep names matching this fnmatch wildcard, e.g. ``"pancreas-*"``.
+    refresh
+        Fetch the newest index from the Hub first (kept in the cache for later calls).
+    include_community
+        Add Hub repos tagged ``"itclust-hub"`` that the index does not list (unverified).
+    cache_dir
+        Hub cache folder used for the ``cached`` column (default: ``HF_HOME``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns: name, organism, tissue, n_cells, n_cell_types, n_genes, version, license, repo_id, revision,
+        bundled, cached (usable offline), source (``"index"`` or ``"community"``), description.
+    """
+    index = load_index(cache_dir, _fetch_hub_index(cache_dir) if refresh else None)
+    entries = [(e, "index") for e in index.values()]
+    if include_community:
+        known = {e.repo_id for e in index.values()}
+        entries += [(e, "community") for e in _community_entries(known)]
+    columns = ["name", "organism", "tissue", "n_cells", "n_cell_types", "n_genes", "version", "license",
+               "repo_id", "revision", "bundled", "cached", "source", "description"]
+    rows = []
+    wanted = None if organism is None else normalize_organism(organism, strict=False)
+    for entry, source in entries:
+        if wanted and normalize_organism(entry.organism or "", strict=False) != wanted:
+            continue
+        if tissue and (entry.tissue or "").lower() != tissue.lower():
+            continue
+        if name and not fnmatch.fnmatchcase(entry.name.lower(), name.lower()):
+            continue
+        row = asdict(entry)
+        row.update(cached=is_cached(entry, cache_dir), source=source)
+        rows.append({c: row[c] for c in columns})
+    return pd.DataFrame(rows, columns=columns)

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from ._errors import ItClustError
 from ._genes import looks_like_ensembl
+from ._query import _matrix
 
 FORMATS = ("h5ad", "10x-mtx", "10x-h5", "loom", "text")
 _SUFFIX_FORMATS = {".h5ad": "h5ad", ".h5": "10x-h5", ".loom": "loom", ".csv": "text", ".tsv": "text", ".txt": "text"}
@@ -253,14 +254,12 @@ def _has_gene_names(adata) -> bool:
 
 
 def _select_matrix(adata, layer, use_raw) -> anndata.AnnData:
-    """Put the counts the user asked for in ``.X``: a layer, ``.raw``, or ``.X`` as read."""
+    """Put the counts the user asked for in ``.X``: a layer, ``.raw``, or ``.X`` as read (chosen as a
+    transfer chooses them, :func:`itclust_hub._query._matrix`)."""
+    X, _, _ = _matrix(adata, layer, use_raw)
     if use_raw:
-        if adata.raw is None:
-            raise ItClustError("use_raw=True but the file has no .raw; drop use_raw or pick a layer=")
         return adata.raw.to_adata()
     if layer is not None:
-        if layer not in adata.layers:
-            raise ItClustError(f"layer {layer!r} not found; available layers: {', '.join(adata.layers) or 'none'} (or drop layer= to use .X)")
-        adata.X = adata.layers[layer]
+        adata.X = X
     return adata
 

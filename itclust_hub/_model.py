@@ -10,18 +10,17 @@ from pathlib import Path
 
 import torch
 
-from ._artifact import CONTEXT_TENSORS, read_reference, write_reference
+from ._artifact import CONTEXT_TENSORS, FORMAT_VERSION, read_reference, write_reference
 from ._card import render_card
 from ._errors import ItClustError, ItClustWarning
-from ._format import FORMAT_VERSION
 from ._impute import impute_missing
 from ._network import Encoder
-from ._ontology import check_level
+from ._ontology import UNASSIGNED, check_level
 from ._preprocess import Recipe
 from ._query import MIN_OVERLAP, prepare_query
 from ._query_clusters import query_clusters
 from ._naming import build_result, check_min_confidence
-from ._result import UNASSIGNED, TransferResult
+from ._result import TransferResult
 from ._transfer import fine_tune
 
 
@@ -327,7 +326,7 @@ class ItClust:
             warnings.warn(note, ItClustWarning, stacklevel=2)
         provenance = {
             "reference": self.name, "reference_version": self.config["version"], **self.source,
-            **prepared.summary(), "warnings": notes,
+            "layer": layer, "use_raw": use_raw, **prepared.summary(), "warnings": notes,
             "n_iter": outcome.n_iter, "converged": outcome.converged, "changed": outcome.changed,
             "settings": {"tol": tol, "max_iter": max_iter, "epochs_per_iter": epochs_per_iter,
                          "batch_size": batch_size, "lr": lr, "min_confidence": min_confidence,

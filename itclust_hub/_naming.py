@@ -14,9 +14,9 @@ import pandas as pd
 
 from ._errors import ItClustError
 from ._network import cell_probabilities
-from ._ontology import at_level, check_level
+from ._ontology import UNASSIGNED, at_level, check_level
 from ._query_clusters import QueryClusters
-from ._result import UNASSIGNED, TransferResult
+from ._result import TransferResult
 
 # Why each constant has its value, and the studies it was checked on: benchmarks/RESULTS.md, "Naming rules".
 INFORMATIVE_GENES = 500  # genes a cluster's similarity to a reference type is measured on

@@ -15,6 +15,7 @@ from ._errors import ItClustError
 LEVELS = ("fine", "coarse")
 FIELDS = ("id", "coarse", "coarse_id")
 ONTOLOGY_COLUMNS = ("fine_label", "coarse_label", "ontology_id", "coarse_ontology_id")
+UNASSIGNED = "Unassigned"  # the label of cells in novel clusters and of empty cells, at every level
 _CL_ID = re.compile(r"^CL:\d{7}$")
 
 

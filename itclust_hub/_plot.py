@@ -19,8 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ._errors import ItClustError
-from ._ontology import is_ontology_id
-from ._result import UNASSIGNED
+from ._ontology import UNASSIGNED, is_ontology_id
 
 # A UMAP plot of more cells draws a random sample of this many: umap-learn took ~3 minutes on 100k cells (one
 # thread); the sample's picture of the clusters is the same and the plot is legible.
@@ -300,20 +299,20 @@ def _group_stats(X, groups: np.ndarray, order: list[str]) -> tuple[np.ndarray, n
     return mean, frac
 
 
-def query_expression(result, adata, model, *, layer: str | None = None, use_raw: bool = False, orthologs=None):
+def query_expression(result, adata, model, *, orthologs=None):
     """The query's log-normalised expression on the reference genes (CSR, cells x ``model.genes``), the mask
     of reference genes it measures and each reference gene's name in the query, aligned exactly as the
-    transfer did (same gene column, input type and organism, from ``result.provenance``).
+    transfer did (same matrix, gene column, input type and organism, from ``result.provenance``).
 
     A name is the query's own symbol for the gene (a mouse query's ``Sst`` for the reference's ``SST``,
     through the transfer's orthologs); where the query is matched by Ensembl ID or lacks the gene, the
     reference's symbol (R's ``HLA.DRA`` written ``HLA-DRA``)."""
     from ._query import prepare_query
 
-    if adata.n_obs != len(result.obs) or not (adata.obs_names == result.obs.index).all():
-        raise ItClustError("the AnnData's cells differ from the annotated ones; pass the AnnData you transferred")
+    result._check_cells(adata)
     prov = result.provenance
     source = prov.get("genes", {}).get("source", "var_names")
+    layer, use_raw = prov.get("layer"), prov.get("use_raw", False)
     prepared = prepare_query(
         adata, genes=model.genes, gene_ids=model.gene_ids, organism=model.organism, recipe=model.recipe,
         input_type=prov.get("input_type", "auto"), gene_key=None if source == "var_names" else source,
@@ -329,19 +328,17 @@ def query_expression(result, adata, model, *, layer: str | None = None, use_raw:
     return prepared.data.X, alignment.present, names.tolist()
 
 
-def plot_markers(result, adata, model, *, n_genes: int = 3, layer: str | None = None, use_raw: bool = False,
-                 orthologs=None) -> Figure:
+def plot_markers(result, adata, model, *, n_genes: int = 3, orthologs=None) -> Figure:
     """Dot plot of the reference's marker genes per predicted label, in the query's own expression.
 
     Markers are the reference's top ``n_genes`` genes per type (mean scaled expression minus that of the
     other types), for the types the query's clusters grew from, among genes the query measures, named as
     the query names them (through the transfer's orthologs across species); top markers the query lacks
     are listed under the plot. Rows are the predicted labels; dot size is the share of cells expressing
-    the gene, colour its mean log-normalised expression. ``layer``, ``use_raw`` and ``orthologs`` must be
-    those of the transfer.
+    the gene, colour its mean log-normalised expression, read from the matrix the transfer read (its
+    ``layer`` or ``use_raw``, in ``result.provenance``); ``orthologs`` must be those of the transfer.
     """
-    expression, present, names = query_expression(result, adata, model, layer=layer, use_raw=use_raw,
-                                                  orthologs=orthologs)
+    expression, present, names = query_expression(result, adata, model, orthologs=orthologs)
     types = [t for t in model.cell_types if t in set(result.clusters["nearest_label"])]
     profiles = model.type_profiles.numpy()
     markers = marker_genes(profiles, model.cell_types, types, n_genes, present)

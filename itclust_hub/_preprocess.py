@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from ._errors import ItClustError
 
 INPUT_TYPES = ("counts", "lognorm", "tpm")
+N_DETECT_ROWS = 2000  # the first rows, from which the input type is detected
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,6 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
         d = dict(d)
-        d.pop("scale_with", None)  # written by references built before transfer(scale=...) decided scaling
         d["drop_gene_prefixes"] = tuple(d.get("drop_gene_prefixes", ()))
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
@@ -61,7 +61,7 @@ def check_values(X: sp.csr_matrix) -> None:
         )
 
 
-def detect_input_type(X: sp.csr_matrix, n_rows: int = 2000) -> str:
+def detect_input_type(X: sp.csr_matrix, n_rows: int = N_DETECT_ROWS) -> str:
     """Guess whether ``X`` holds raw counts, log-normalised values or TPM/CPM-like values.
 
     Integers are counts; non-integers whose maximum fits a log scale (< 30) are log-normalised;
@@ -100,3 +100,18 @@ def lognormalize(X: sp.csr_matrix, input_type: str, target_sum: float, totals=No
     X.data *= np.repeat(scale, np.diff(X.indptr)).astype(np.float32)
     np.log1p(X.data, out=X.data)
     return X
+
+
+def moments(sums: np.ndarray, squares: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and variance (ddof=1, as scanpy) from sums and sums of squares over ``n`` cells."""
+    mean = sums / max(n, 1)
+    return mean, np.clip(squares / max(n, 1) - mean**2, 0, None) * (n / max(n - 1, 1))
+
+
+def mean_std(sums: np.ndarray, squares: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The per-gene scaling statistics (float32 mean, and standard deviation with 1 for genes that do not
+    vary) from sums and sums of squares over ``n`` cells; see :func:`moments`."""
+    mean, var = moments(sums, squares, n)
+    std = np.sqrt(var)
+    std[std == 0] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)

@@ -15,7 +15,8 @@ from ._errors import ItClustError
 from ._genes import (GeneAlignment, OrganismChoice, align_genes, choose_organism, load_orthologs, normalize_organism,
                      ortholog_map)
 from ._overlap import low_overlap, measured_accuracy
-from ._preprocess import Recipe, as_csr, check_values, lognormalize, resolve_input_type
+from ._preprocess import N_DETECT_ROWS, Recipe, as_csr, check_values, lognormalize, resolve_input_type
+from ._preprocess import mean_std
 
 # Least share of the reference's genes a query must measure (network and context genes) to be read: panels
 # down to 2% read above logistic regression on the same genes on blood and pancreas, and blood falls off
@@ -30,7 +31,6 @@ REFERENCE_SCALE_MIN_OVERLAP = 0.5  # "auto" scaling uses the reference's statist
 # context genes it measures; above it the missing genes are few, and every gene of a whole-transcriptome
 # query would multiply the aligned matrix's size.
 CONTEXT_MAX_OVERLAP = 0.5
-N_DETECT_ROWS = 2000
 
 
 def check_anndata(adata) -> None:
@@ -44,13 +44,16 @@ def check_anndata(adata) -> None:
 
 
 def _matrix(adata, layer: str | None, use_raw: bool):
+    """The expression the user asked for, with its genes: ``(X, var, var_names)`` of ``adata.raw`` with
+    ``use_raw``, else ``adata.layers[layer]`` with ``adata.var``, else ``adata.X``; nothing is copied."""
     if use_raw:
         if adata.raw is None:
             raise ItClustError("use_raw=True but the AnnData has no .raw; drop use_raw or pick a layer=")
         return adata.raw.X, adata.raw.var, adata.raw.var_names
     if layer is not None:
         if layer not in adata.layers:
-            raise ItClustError(f"layer {layer!r} not found (have {list(adata.layers)})")
+            raise ItClustError(f"layer {layer!r} not found; available layers: {', '.join(adata.layers) or 'none'} "
+                               "(or drop layer= to use .X)")
         return adata.layers[layer], adata.var, adata.var_names
     return adata.X, adata.var, adata.var_names
 
@@ -243,7 +246,7 @@ def prepare_query(
         raise
     empty = np.diff(X_aligned.indptr) == 0  # as ScaledMatrix.stored_rows leaves them out
     if scale == "own":  # over the cells that express any of the columns
-        mean, std = _mean_std(sums, squares, n_obs - int(empty.sum()))
+        mean, std = mean_std(sums, squares, n_obs - int(empty.sum()))
     else:
         present = alignment.present
         mean = np.where(present, reference_stats[0], 0).astype(np.float32)
@@ -281,12 +284,3 @@ def _check_readable(alignment: GeneAlignment, context: GeneAlignment | None, min
 def _ids(gene_ids: list[str | None] | None) -> list[str] | None:
     """Reference Ensembl IDs as :func:`align_genes` takes them (None when the reference has none)."""
     return None if gene_ids is None or all(g is None for g in gene_ids) else [g or "" for g in gene_ids]
-
-
-def _mean_std(sums: np.ndarray, squares: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and standard deviation (ddof=1, as scanpy) from sums over ``n`` cells."""
-    mean = sums / max(n, 1)
-    var = (squares - n * mean**2) / max(n - 1, 1)
-    std = np.sqrt(np.clip(var, 0, None))
-    std[std == 0] = 1.0
-    return mean.astype(np.float32), std.astype(np.float32)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ._data import ScaledMatrix
 from ._errors import ItClustError
-from ._query import _mean_std
+from ._preprocess import mean_std
 
 N_COMPONENTS = 30  # principal components the neighbour graph is built on
 N_NEIGHBORS = 15  # scanpy's default
@@ -129,4 +129,4 @@ def _own_statistics(data: ScaledMatrix, columns: np.ndarray) -> tuple[np.ndarray
         values = block[:, columns]
         sums += np.asarray(values.sum(0)).ravel()
         squares += np.asarray(values.multiply(values).sum(0)).ravel()
-    return _mean_std(sums, squares, data.n_cells)
+    return mean_std(sums, squares, data.n_cells)

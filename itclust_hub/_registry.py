@@ -1,48 +1,38 @@
-"""The reference index: which references exist, where they live and what they hold.
+"""The reference index: which references exist, where they live and what they hold, looked up without the
+network.
 
 The index ships with the package (``references/index.json``): it maps a short name to a Hub repo, a
-pinned commit and the SHA-256 of every file. ``refresh=True`` fetches the newest index from the index
-repository on the Hub (then kept in the Hub cache); ``include_community=True`` adds Hub repos tagged
-``itclust-hub``. Hub settings (``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE``) are read at call time.
+pinned commit and the SHA-256 of every file; a newer copy fetched from the index repository (by
+:func:`itclust_hub._hub.list_references` with ``refresh=True``) is kept in the Hub cache and read from
+there. Hub settings (``HF_HOME``, ``HF_HUB_CACHE``) are read at call time.
 """
 
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import json
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import httpx2
-import pandas as pd
-from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
-from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+from huggingface_hub import constants, try_to_load_from_cache
 
-from ._artifact import REFERENCE_FILES
+from ._artifact import REFERENCE_FILES, sha256
 from ._errors import ItClustError
-from ._genes import normalize_organism
 
 INDEX_REPO_ID = "itclust-hub/index"
 INDEX_REPO_TYPE = "dataset"
 INDEX_FILENAME = "index.json"
 INDEX_VERSION = 1
-COMMUNITY_TAG = "itclust-hub"
 REFERENCES_DIR = Path(__file__).parent / "references"
-NETWORK_TIMEOUT_S = 5.0
 
 # Hub rules: letters, digits, "-", "_", "."; no "--" or ".."; no "-" or "." at either end.
 _NAME = r"(?!.*(?:--|\.\.))[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
 _NAME_RE = re.compile(_NAME)
 _REPO_RE = re.compile(f"{_NAME}/{_NAME}")
 _REVISION_RE = re.compile(r"[^\s@]+")
-_TRUE = {"1", "ON", "YES", "TRUE"}
 _SPEC_HELP = "pass a registry name (see `itclust-hub list`), org/repo[@revision], a folder or a URL"
-
-# Errors that mean "the Hub did not answer" rather than "the Hub said no".
-NETWORK_ERRORS = (httpx2.TransportError, OfflineModeIsEnabled)
 
 
 @dataclass
@@ -72,6 +62,19 @@ class ReferenceEntry:
         known = {f.name for f in fields(cls)} - {"name"}
         return cls(name=name, **{k: v for k, v in data.items() if k in known})
 
+    @classmethod
+    def from_config(cls, config: dict, repo_id: str, revision: str | None, folder: Path) -> "ReferenceEntry":
+        """The entry of the reference saved in ``folder`` (whose ``config.json`` holds ``config``) at
+        ``repo_id`` and ``revision``: its summary and the SHA-256 of its files."""
+        arch, meta = config.get("architecture", {}), config.get("metadata", {})
+        return cls(
+            name=config["name"], repo_id=repo_id, revision=revision,
+            organism=config.get("organism"), tissue=config.get("tissue"), n_cells=config.get("n_cells"),
+            n_cell_types=arch.get("n_types"), n_genes=arch.get("n_genes"), version=config.get("version"),
+            license=meta.get("license"), citation=meta.get("citation"), description=meta.get("description"),
+            files={name: sha256(Path(folder) / name) for name in REFERENCE_FILES},
+        )
+
     def to_dict(self) -> dict:
         """The JSON form stored in ``index.json`` (the name is the key, not a field)."""
         data = asdict(self)
@@ -88,11 +91,6 @@ class ReferenceSpec:
     revision: str | None = None
 
 
-def hub_endpoint() -> str:
-    """The Hub URL: ``HF_ENDPOINT`` as set now, else huggingface_hub's default."""
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
 def hub_cache_dir(cache_dir=None) -> Path:
     """The Hub cache folder: ``cache_dir``, else ``HF_HUB_CACHE``, else ``$HF_HOME/hub``, as set now."""
     if cache_dir is not None:
@@ -102,30 +100,6 @@ def hub_cache_dir(cache_dir=None) -> Path:
     if os.environ.get("HF_HOME"):
         return Path(os.environ["HF_HOME"]).expanduser() / "hub"
     return Path(constants.HF_HUB_CACHE)
-
-
-def is_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` is set, whether before or after huggingface_hub was imported."""
-    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
-
-
-def network_timeout() -> float:
-    """Seconds to wait for the Hub before giving up: ``HF_HUB_ETAG_TIMEOUT`` if set, else 5."""
-    return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or NETWORK_TIMEOUT_S)
-
-
-def network_reason(err: Exception) -> str:
-    """A short reason for a failed Hub call, for one-line messages."""
-    if isinstance(err, httpx2.TimeoutException):
-        return f"no answer within {network_timeout():g} s"
-    if isinstance(err, HfHubHTTPError) and err.response is not None:
-        return f"HTTP {err.response.status_code}"
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
-def remote_commit(api: HfApi, repo_id: str, revision: str | None, repo_type: str | None = None) -> str:
-    """The commit ``revision`` points to on the Hub, asked with a short timeout so a dead endpoint fails fast."""
-    return api.repo_info(repo_id, revision=revision, repo_type=repo_type, timeout=network_timeout()).sha
 
 
 def parse_reference(spec) -> ReferenceSpec:
@@ -172,33 +146,14 @@ def _read_index(path: Path, where: str) -> dict[str, ReferenceEntry]:
     return {name: ReferenceEntry.from_dict(name, entry) for name, entry in data["references"].items()}
 
 
-def _fetch_hub_index(cache_dir) -> str:
-    """Download the newest index from the index repository into the Hub cache; returns its path."""
-    if is_offline():
-        raise ItClustError("cannot refresh the reference index while HF_HUB_OFFLINE is set; unset it or list "
-                           "without refresh")
-    api = HfApi(endpoint=hub_endpoint())
-    try:
-        remote_commit(api, INDEX_REPO_ID, None, INDEX_REPO_TYPE)
-        return hf_hub_download(INDEX_REPO_ID, INDEX_FILENAME, repo_type=INDEX_REPO_TYPE,
-                               cache_dir=hub_cache_dir(cache_dir), endpoint=hub_endpoint(),
-                               etag_timeout=network_timeout())
-    except RepositoryNotFoundError:
-        raise ItClustError(f"{hub_endpoint()} has no index repository {INDEX_REPO_ID}; list without refresh") from None
-    except (*NETWORK_ERRORS, HfHubHTTPError) as err:
-        raise ItClustError(f"cannot fetch the reference index from {hub_endpoint()} ({network_reason(err)}); "
-                           "check your connection or list without refresh") from None
-
-
-def load_index(refresh: bool = False, cache_dir=None) -> dict[str, ReferenceEntry]:
-    """Name -> entry: the packaged index, overlaid with the Hub's index when one was fetched (now or before).
+def load_index(cache_dir=None, hub_copy: str | None = None) -> dict[str, ReferenceEntry]:
+    """Name -> entry: the packaged index, overlaid with the Hub's index ``hub_copy`` (a file just fetched;
+    default: the copy fetched before, if the Hub cache holds one). Nothing goes to the network.
 
     An entry from the Hub counts as bundled only when it pins the same commit as the packaged copy.
     """
     index = _read_index(REFERENCES_DIR / INDEX_FILENAME, "bundled with itclust-hub")
-    if refresh:
-        hub_copy = _fetch_hub_index(cache_dir)
-    else:
+    if hub_copy is None:
         hub_copy = try_to_load_from_cache(INDEX_REPO_ID, INDEX_FILENAME, cache_dir=hub_cache_dir(cache_dir),
                                           repo_type=INDEX_REPO_TYPE)
     if isinstance(hub_copy, str):
@@ -237,69 +192,10 @@ def bundled_entry(folder: Path) -> ReferenceEntry | None:
     return entry if entry is not None and entry.bundled and bundled_folder(entry).resolve() == folder else None
 
 
-def _is_cached(entry: ReferenceEntry, cache_dir) -> bool:
+def is_cached(entry: ReferenceEntry, cache_dir=None) -> bool:
+    """Whether the reference of ``entry`` is usable offline: bundled, or every file in the Hub cache."""
     if entry.bundled and bundled_folder(entry).is_dir():
         return True
     cache = hub_cache_dir(cache_dir)
     return all(isinstance(try_to_load_from_cache(entry.repo_id, name, cache_dir=cache, revision=entry.revision), str)
                for name in entry.files or REFERENCE_FILES)
-
-
-def _community_entries(known_repos: set[str]) -> list[ReferenceEntry]:
-    if is_offline():
-        raise ItClustError("cannot search the Hub for community references while HF_HUB_OFFLINE is set; unset it")
-    api = HfApi(endpoint=hub_endpoint())
-    try:
-        remote_commit(api, INDEX_REPO_ID, None, INDEX_REPO_TYPE)
-        models = list(api.list_models(filter=COMMUNITY_TAG))
-    except (*NETWORK_ERRORS, HfHubHTTPError) as err:
-        raise ItClustError(f"cannot search {hub_endpoint()} for community references ({network_reason(err)}); "
-                           "check your connection") from None
-    return [ReferenceEntry(name=m.id, repo_id=m.id, revision=m.sha) for m in models if m.id not in known_repos]
-
-
-def list_references(organism: str | None = None, tissue: str | None = None, name: str | None = None,
-                    refresh: bool = False, include_community: bool = False, cache_dir=None) -> pd.DataFrame:
-    """Table of available references, one row each.
-
-    Parameters
-    ----------
-    organism
-        Keep rows of this organism, any usual spelling (``"human"``, ``"Homo sapiens"``, ``"hs"``, 9606).
-    tissue
-        Keep rows of this tissue (case-insensitive), e.g. ``"pancreas"``.
-    name
-        Keep names matching this fnmatch wildcard, e.g. ``"pancreas-*"``.
-    refresh
-        Fetch the newest index from the Hub first (kept in the cache for later calls).
-    include_community
-        Add Hub repos tagged ``"itclust-hub"`` that the index does not list (unverified).
-    cache_dir
-        Hub cache folder used for the ``cached`` column (default: ``HF_HOME``).
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns: name, organism, tissue, n_cells, n_cell_types, n_genes, version, license, repo_id, revision,
-        bundled, cached (usable offline), source (``"index"`` or ``"community"``), description.
-    """
-    index = load_index(refresh=refresh, cache_dir=cache_dir)
-    entries = [(e, "index") for e in index.values()]
-    if include_community:
-        known = {e.repo_id for e in index.values()}
-        entries += [(e, "community") for e in _community_entries(known)]
-    columns = ["name", "organism", "tissue", "n_cells", "n_cell_types", "n_genes", "version", "license",
-               "repo_id", "revision", "bundled", "cached", "source", "description"]
-    rows = []
-    wanted = None if organism is None else normalize_organism(organism, strict=False)
-    for entry, source in entries:
-        if wanted and normalize_organism(entry.organism or "", strict=False) != wanted:
-            continue
-        if tissue and (entry.tissue or "").lower() != tissue.lower():
-            continue
-        if name and not fnmatch.fnmatchcase(entry.name.lower(), name.lower()):
-            continue
-        row = asdict(entry)
-        row.update(cached=_is_cached(entry, cache_dir), source=source)
-        rows.append({c: row[c] for c in columns})
-    return pd.DataFrame(rows, columns=columns)

@@ -10,9 +10,9 @@ import pandas as pd
 
 from . import _plot
 from ._errors import ItClustError
+from ._ontology import UNASSIGNED
 from ._outputs import atomic_path, check_output_files
 from ._progress import progress_bar
-from ._result import UNASSIGNED
 
 UMAP_PNG = "umap.png"
 CONFIDENCE_PNG = "cluster_confidence.png"
@@ -192,12 +192,11 @@ def summary_markdown(result, figures: list[str], truth: pd.Series | None = None,
 
 
 def write_report(result, folder, *, adata=None, model=None, truth_key: str | None = None, force: bool = False,
-                 layer: str | None = None, use_raw: bool = False, orthologs=None, n_genes: int = 3,
-                 seed: int = 0, progress: bool | None = None) -> list[Path]:
+                 orthologs=None, n_genes: int = 3, seed: int = 0, progress: bool | None = None) -> list[Path]:
     """Write the report of ``result`` into ``folder`` and return the paths written.
 
     Always: ``umap.png``, ``cluster_confidence.png`` and ``summary.md``. With ``adata`` and ``model``:
-    ``marker_dotplot.png`` (``layer``/``use_raw``/``orthologs`` as in the transfer). With ``adata`` and
+    ``marker_dotplot.png`` (``orthologs`` as in the transfer). With ``adata`` and
     ``truth_key`` (an ``obs`` column of the query's own labels): ``confusion.png``. Nothing is
     overwritten unless ``force``, which replaces these files and nothing else in ``folder``; every path is
     checked before anything is drawn. A bar shows the figure being drawn (``progress``: None shows it on a
@@ -208,8 +207,8 @@ def write_report(result, folder, *, adata=None, model=None, truth_key: str | Non
     if truth_key is not None and truth_key not in adata.obs.columns:
         raise ItClustError(f"truth_key {truth_key!r} is not an obs column "
                            f"(have {', '.join(map(str, adata.obs.columns))})")
-    if adata is not None and (adata.n_obs != len(result.obs) or not (adata.obs_names == result.obs.index).all()):
-        raise ItClustError("the AnnData's cells differ from the annotated ones; pass the AnnData you transferred")
+    if adata is not None:
+        result._check_cells(adata)
     draw_markers = adata is not None and model is not None
     paths = report_files(folder, markers=draw_markers, confusion=truth_key is not None)
     check_output_files(paths, force=force)
@@ -221,8 +220,7 @@ def write_report(result, folder, *, adata=None, model=None, truth_key: str | Non
         notes.append(f"The UMAP draws a random {_plot.UMAP_MAX_CELLS:,} of the {len(result.obs):,} cells (an "
                      "embedding of every cell takes minutes and draws no clearer picture).")
     if draw_markers:
-        figures[MARKERS_PNG] = lambda: _plot.plot_markers(result, adata, model, n_genes=n_genes, layer=layer,
-                                                          use_raw=use_raw, orthologs=orthologs)
+        figures[MARKERS_PNG] = lambda: _plot.plot_markers(result, adata, model, n_genes=n_genes, orthologs=orthologs)
     else:
         notes.append("No marker dot plot: pass adata= and model= (the CLI always does).")
     truth = None

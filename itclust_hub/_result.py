@@ -17,7 +17,6 @@ from ._ontology import ONTOLOGY_COLUMNS
 if TYPE_CHECKING:
     from ._naming import ClusterEvidence
 
-UNASSIGNED = "Unassigned"
 TABLE_FILES = ("labels.csv", "probabilities.csv", "clusters.csv", "query_clusters.csv")
 @dataclass
 class TransferResult:
@@ -59,8 +58,8 @@ class TransferResult:
         Cells x latent dimensions of the fine-tuned encoder (empty cells: where it puts a cell with no
         expression).
     provenance
-        Reference name, version, revision, query organism (and how it was known), gene overlap, input type
-        assumed, empty cells, warnings, iterations and settings.
+        Reference name, version, revision, the query matrix read (``layer``, ``use_raw``), query organism (and
+        how it was known), gene overlap, input type assumed, empty cells, warnings, iterations and settings.
     evidence
         What the naming step read (:class:`itclust_hub._naming.ClusterEvidence`), so that
         :func:`itclust_hub.name_clusters` can name the clusters again without fine-tuning.
@@ -106,8 +105,7 @@ class TransferResult:
         (to ``obsm[f"X_{key}_umap"]`` if ``adata`` has its own ``X_umap``). A backed ``adata`` is annotated
         with ``copy=False`` (its ``X`` stays on disk).
         """
-        if adata.n_obs != len(self.obs) or not (adata.obs_names == self.obs.index).all():
-            raise ItClustError("the AnnData's cells differ from the annotated ones; pass the AnnData you transferred")
+        self._check_cells(adata)
         if copy and adata.isbacked:
             raise ItClustError("the AnnData is backed (X on disk) and cannot be copied; pass copy=False to annotate "
                                "it in place, or load it with adata.to_memory() first")
@@ -129,6 +127,11 @@ class TransferResult:
             "provenance": _storable(self.provenance),
         }
         return adata
+
+    def _check_cells(self, adata) -> None:
+        """Refuse an AnnData whose cells (in order) are not the annotated ones (plots and the report check it too)."""
+        if adata.n_obs != len(self.obs) or not (adata.obs_names == self.obs.index).all():
+            raise ItClustError("the AnnData's cells differ from the annotated ones; pass the AnnData you transferred")
 
     def write_tables(self, folder, *, force: bool = False) -> list[Path]:
         """Write ``labels.csv`` (per-cell table), ``probabilities.csv``, ``clusters.csv`` and
@@ -160,12 +163,13 @@ class TransferResult:
 
         return plot_confidence(self)
 
-    def plot_markers(self, adata, model, *, n_genes: int = 3, layer=None, use_raw: bool = False, orthologs=None):
-        """Dot plot of the reference's marker genes per predicted label in ``adata`` (a matplotlib Figure);
-        ``layer``, ``use_raw`` and ``orthologs`` as given to the transfer."""
+    def plot_markers(self, adata, model, *, n_genes: int = 3, orthologs=None):
+        """Dot plot of the reference's marker genes per predicted label in ``adata`` (a matplotlib Figure), from
+        the matrix the transfer read (``provenance["layer"]``, ``provenance["use_raw"]``); ``orthologs`` as
+        given to the transfer."""
         from ._plot import plot_markers
 
-        return plot_markers(self, adata, model, n_genes=n_genes, layer=layer, use_raw=use_raw, orthologs=orthologs)
+        return plot_markers(self, adata, model, n_genes=n_genes, orthologs=orthologs)
 
     def plot_confusion(self, truth, *, truth_key: str = "query label"):
         """Heatmap of the query's own labels ``truth`` (a Series over the cells) against the predicted ones."""
@@ -178,7 +182,7 @@ class TransferResult:
         """Write PNG figures and ``summary.md`` into ``folder``; returns the paths.
 
         Markers need ``adata`` and ``model``, the confusion heatmap ``adata`` and ``truth_key``; ``options``
-        (``layer``, ``use_raw``, ``orthologs``, ``n_genes``, ``seed``, ``progress``) go to
+        (``orthologs``, ``n_genes``, ``seed``, ``progress``) go to
         :func:`itclust_hub._report.write_report`.
         """
         from ._report import write_report

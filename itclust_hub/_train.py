@@ -3,8 +3,8 @@ class centroids trained with KL loss against smoothed one-hot labels (ItClust's 
 
 Random gene masking during supervised training teaches the network to tolerate queries that measure
 only part of the reference genes. Training runs in one process, or data-parallel across processes
-started by ``torchrun`` (``distributed=True``, see :mod:`itclust_hub._distributed`); a backed AnnData is
-streamed from disk batch by batch either way.
+(``distributed=True``: started by ``itclust-hub train --processes N`` or by ``torchrun``, see
+:mod:`itclust_hub._distributed`); a backed AnnData is streamed from disk batch by batch either way.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ._atlas import Shard, scan_atlas
+from ._atlas import scan_atlas
+from ._distributed import DistributedReplica, Replica
 from ._errors import ItClustError, ItClustWarning
 from ._genes import choose_organism, ensembl_ids_for, normalize_organism
 from ._data import ScaledMatrix
@@ -32,38 +33,6 @@ VAL_MASK_RATES = (0.5, 0.9)
 VAL_CHUNK = 4096
 CONTEXT_CHUNK = 1024  # cells per step of the context pass: dense rows over every gene the atlas measures
 _LISTED = 10  # small cell types an error message names
-
-
-class Replica:
-    """This process's part in training: here the only process, training on every row.
-
-    Under ``torchrun`` a :class:`itclust_hub._distributed.DistributedReplica` takes its place: each process
-    reads its share of every minibatch, sums are added up across processes and gradients averaged.
-    """
-
-    rank = 0
-    world = 1
-    device = torch.device("cpu")
-
-    def take(self, index: np.ndarray) -> np.ndarray:
-        """This process's rows of a minibatch."""
-        return index[self.rank :: self.world]
-
-    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The element-wise sum of ``tensor`` over all processes."""
-        return tensor
-
-    def reduce(self, array: np.ndarray) -> np.ndarray:
-        """:meth:`all_sum` for a NumPy array."""
-        return self.all_sum(torch.from_numpy(array)).cpu().numpy()
-
-    def shard(self) -> Shard:
-        """This process's share of the chunks of a pass over the atlas."""
-        return Shard(self.rank, self.world, self.reduce)
-
-    def wrap(self, module: nn.Module) -> nn.Module:
-        """The module to train through (DistributedDataParallel under torchrun)."""
-        return module
 
 
 class _SourceNetwork(nn.Module):
@@ -286,11 +255,7 @@ def _label_codes(adata, label_key: str, min_cells_per_type: int, small_types: st
 
 
 def _replica(distributed: bool) -> Replica:
-    if not distributed:
-        return Replica()
-    from ._distributed import DistributedReplica
-
-    return DistributedReplica()
+    return DistributedReplica() if distributed else Replica()
 
 
 def train_reference(
@@ -370,9 +335,10 @@ def train_reference(
         ``None``). Every kept type needs an entry; entries of other labels (dropped, absent) are ignored. With it,
         ``transfer(level="coarse")`` reports the coarse labels.
     distributed
-        Train data-parallel with the other processes started by ``torchrun`` (DistributedDataParallel,
-        gloo on CPU, nccl on GPU): every process passes the same atlas and reads its own share of each
-        minibatch; ``batch_size`` is the global batch. Every process returns the same reference.
+        Train data-parallel with the other processes started by ``itclust-hub train --processes N`` or
+        ``torchrun`` (DistributedDataParallel, gloo on CPU, nccl on GPU): every process passes the same
+        atlas and reads its own share of each minibatch; ``batch_size`` is the global batch. Every process
+        returns the same reference.
     """
     from ._model import ItClust
 

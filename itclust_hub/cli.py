@@ -17,7 +17,8 @@ import pandas as pd
 
 from ._errors import ItClustError, ItClustWarning, cli_words
 from ._genes import normalize_organism
-from ._result import TABLE_FILES, UNASSIGNED
+from ._ontology import UNASSIGNED
+from ._result import TABLE_FILES
 
 INPUT_TYPES = ("auto", "counts", "lognorm", "tpm")  # kept here so the CLI starts without importing torch
 SCALES = ("auto", "reference", "own")
@@ -130,7 +131,7 @@ def main(debug: bool) -> None:
               help="Add Hub repos tagged itclust-hub that the index does not list (unverified).")
 def list_command(organism, tissue, name_pattern, refresh, community) -> None:
     """List the available references."""
-    from ._registry import list_references
+    from ._hub import list_references
 
     table = list_references(organism=organism, tissue=tissue, name=name_pattern, refresh=refresh,
                             include_community=community)
@@ -308,7 +309,7 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
             written += result.write_tables(tables, force=force)
         if report is not None:
             written += result.report(report, adata=adata, model=model, truth_key=truth_key, force=force,
-                                     layer=layer, use_raw=use_raw, orthologs=orthologs, seed=seed, progress=progress)
+                                     orthologs=orthologs, seed=seed, progress=progress)
         _write_h5ad(result.to_adata(adata, copy=False), out)
     except BaseException:  # a failure (or Ctrl-C) while writing leaves none of the files this run created
         for path in new:
@@ -360,43 +361,95 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
 @click.option("--pretrain-epochs", type=click.IntRange(min=1),
               help="Autoencoder epochs per stage (default: the library's).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Most supervised epochs (default: the library's).")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train data-parallel in this many processes on this machine (DistributedDataParallel: gloo on "
+              "CPU, nccl with a GPU each); ATLAS must then be an .h5ad, read from disk chunk by chunk.")
 @click.option("--force", is_flag=True,
               help="Replace the reference files in OUTPUT (a folder holding other files is refused).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (bars show only on a terminal anyway).")
 def train(atlas, label_key, name, out, organism, tissue, fmt, layer, use_raw, small_types, min_cells_per_type,
-          description, license_, citation, seed, pretrain_epochs, epochs, force, no_progress) -> None:
+          description, license_, citation, seed, pretrain_epochs, epochs, processes, force, no_progress) -> None:
     """Train a reference on a labelled ATLAS (raw counts preferred) and save it to OUTPUT."""
     from ._artifact import REFERENCE_FILES
-    from ._io import read_query
+    from ._io import detect_format, read_query
     from ._outputs import check_output_folder
     from ._registry import is_reference_name
-    from ._train import train_reference
 
     if not is_reference_name(name):
         raise ItClustError(f"--name {name!r} is not a valid reference name (letters, digits, '-', '_', '.')")
     check_output_folder(out, REFERENCE_FILES, force=force, inputs=[atlas])
     if organism is not None:
         organism = normalize_organism(organism, what="--organism")
-    adata = read_query(atlas, format=fmt, layer=layer, use_raw=use_raw)
+    if processes > 1 and atlas.exists() and (fmt or detect_format(atlas)) != "h5ad":
+        raise ItClustError(f"--processes {processes} reads ATLAS from disk, which needs an .h5ad; convert {atlas} "
+                           "to .h5ad or use --processes 1")
+    if processes > 1 and (layer is not None or use_raw):
+        raise ItClustError(f"--processes {processes} reads the .h5ad's X; drop --layer/--use-raw (put the counts in X) "
+                           "or use --processes 1")
+    adata = read_query(atlas, format=fmt, layer=layer, use_raw=use_raw, backed=processes > 1)
     if label_key not in adata.obs.columns:
         raise ItClustError(f"--label-key {label_key!r} is not an obs column of {atlas} "
                            f"(have {', '.join(map(str, adata.obs.columns)) or 'none'})")
     metadata = {k: v for k, v in {"description": description, "license": license_, "citation": citation}.items() if v}
     options = {k: v for k, v in {"pretrain_epochs": pretrain_epochs, "epochs": epochs,
                                  "min_cells_per_type": min_cells_per_type}.items() if v is not None}
+    options.update(organism=organism, tissue=tissue, small_types=small_types, seed=seed,
+                   progress=_progress(no_progress), metadata=metadata)
+    if processes == 1:
+        lines, caught = _train_and_save(adata, label_key, name, out, force, options)
+    else:
+        from ._distributed import launch
+
+        done = launch(processes, _train_process, atlas, label_key, name, out, force, options)
+        for failure in done:
+            if isinstance(failure, ItClustError):
+                raise failure
+        lines, caught = done[0]
+    for line in lines:
+        click.echo(line)
+    for message in caught:
+        click.echo(f"Warning: {cli_words(message)}", err=True)
+
+
+def _train_and_save(adata, label_key, name, out, force, options) -> tuple[list[str], list[str]] | None:
+    """Train a reference (in each process under ``--processes``) and save it (in the first); return the
+    lines to print and the library's warnings (None in the other processes)."""
+    import torch.distributed as dist
+
+    from ._train import train_reference
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ItClustWarning)
-        model = train_reference(adata, label_key, name, organism=organism, tissue=tissue, small_types=small_types,
-                                seed=seed, progress=_progress(no_progress), metadata=metadata, **options)
-    path = model.save_pretrained(out, force=force)
-    click.echo(f"Trained {model.name}: {model.config['n_cells']:,} cells, {len(model.cell_types)} cell types, "
-               f"{len(model.genes):,} genes, encoder {model.config['architecture']['hidden_dims']}, organism {model.organism}")
-    click.echo(f"Saved to {path}; check it with `itclust-hub validate {path}`")
+        model = train_reference(adata, label_key, name, **options)
     for warning in caught:
-        if issubclass(warning.category, ItClustWarning):
-            click.echo(f"Warning: {cli_words(str(warning.message))}", err=True)
-        else:
+        if not issubclass(warning.category, ItClustWarning):
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    if dist.is_initialized() and dist.get_rank() > 0:
+        return None
+    path = model.save_pretrained(out, force=force)
+    processes = model.config["training"]["processes"]
+    lines = [f"Trained {model.name}{f' on {processes} processes' if processes > 1 else ''}: "
+             f"{model.config['n_cells']:,} cells, {len(model.cell_types)} cell types, {len(model.genes):,} genes, "
+             f"encoder {model.config['architecture']['hidden_dims']}, organism {model.organism}",
+             f"Saved to {path}; check it with `itclust-hub validate {path}`"]
+    return lines, [str(w.message) for w in caught if issubclass(w.category, ItClustWarning)]
+
+
+def _train_process(atlas, label_key, name, out, force, options):
+    """One process of ``train --processes N`` (see :func:`itclust_hub._distributed.launch`): what
+    :func:`_train_and_save` returns, or the ItClustError that stopped it."""
+    import torch.distributed as dist
+
+    from ._io import read_query
+
+    try:
+        return _train_and_save(read_query(atlas, backed=True), label_key, name, out, force,
+                               dict(options, distributed=True))
+    except ItClustError as err:
+        return err
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 @main.command()

@@ -457,14 +457,25 @@ def test_duplicated_gene_names_are_one_line_of_ours(reference_dir, query_file, t
     assert "UserWarning" not in result.stderr
 
 
-def test_a_label_key_unique_per_cell_is_one_short_line(query_file, tmp_path):
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_label_key_unique_per_cell_is_one_short_line(query_file, tmp_path, processes):
     query = ad.read_h5ad(query_file)
     query.obs["barcode"] = query.obs_names
     path = tmp_path / "atlas.h5ad"
     query.write_h5ad(path)
-    result = run("train", path, "--label-key", "barcode", "--name", "x", "-o", tmp_path / "ref")
+    # with 2 processes the error is raised in each training process and reported once by the command
+    result = run("train", path, "--label-key", "barcode", "--name", "x", "-o", tmp_path / "ref", "--processes", processes)
     line = assert_one_line_error(result, "--label-key 'barcode'", "different value for every one of its 300 cells")
-    assert len(line) < 200
+    assert len(line) < 200 and not (tmp_path / "ref").exists()
+
+
+def test_train_on_processes_needs_the_h5ad_x(query_file, tmp_path):
+    text = tmp_path / "atlas.csv"
+    text.write_text("gene,a\ncell,1\n")
+    base = ["train", "--label-key", "cell_type1", "--name", "x", "-o", tmp_path / "ref", "--processes", "2"]
+    assert_one_line_error(run(*base, text), "--processes 2", "needs an .h5ad", "--processes 1")
+    assert_one_line_error(run(*base, query_file, "--layer", "counts"), "--processes 2", "drop --layer/--use-raw")
+    assert_one_line_error(run(*base, query_file, "--use-raw"), "--processes 2", "drop --layer/--use-raw")
 
 
 def test_counts_are_grammatical():

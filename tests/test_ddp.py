@@ -70,9 +70,9 @@ def test_backed_atlas_streams_to_the_same_reference(donors):
 
 def test_two_processes_match_single_process_quality(donors, tmp_path):
     atlas, path, query = donors
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "itclust_hub._distributed", str(path), "--label-key", "cell_type1", "--name", "ddp-test",
-               "-o", str(tmp_path / "ddp"), "--small-types", "drop", "--pretrain-epochs", "5", "--epochs", "30"]
+    command = [sys.executable, "-c", "from itclust_hub.cli import main; main()", "train", str(path),
+               "--label-key", "cell_type1", "--name", "ddp-test", "-o", str(tmp_path / "ddp"), "--small-types", "drop",
+               "--pretrain-epochs", "5", "--epochs", "30", "--processes", "2", "--no-progress"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Trained ddp-test on 2 processes" in run.stdout

@@ -11,9 +11,10 @@ from hub_server import TOKEN, SilentEndpoint, closed_endpoint
 
 from itclust_hub import _registry
 from itclust_hub._errors import ItClustError
-from itclust_hub._format import FORMAT_VERSION
+from itclust_hub._artifact import FORMAT_VERSION
 from itclust_hub._hub import cached_references, clear_cache, push_reference, resolve_reference
-from itclust_hub._registry import get_entry, list_references, load_index, parse_reference
+from itclust_hub._hub import list_references
+from itclust_hub._registry import get_entry, load_index, parse_reference
 
 
 def reference_files(name="atlas", organism="human", tissue="pancreas", seed=b"", format_version=FORMAT_VERSION):

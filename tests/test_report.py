@@ -75,6 +75,24 @@ def test_report_refuses_to_overwrite_and_checks_its_arguments(mouse, tmp_path):
     assert not (tmp_path / "r2").exists()
 
 
+def test_markers_read_the_matrix_the_transfer_read():
+    """A transfer from a layer records it; the marker plot reads the same layer without being told again."""
+    model = small_model()
+    query = subset("baron_human_pancreas", 300)
+    layered = query.copy()
+    layered.layers["counts"] = layered.X.copy()
+    layered.X = layered.X * 0.5  # not the counts: reading X instead of the layer would change the expression
+    result = model.transfer(layered, layer="counts", progress=False)
+    assert (result.provenance["layer"], result.provenance["use_raw"]) == ("counts", False)
+    from_layer, present, _ = _plot.query_expression(result, layered, model)
+    plain = model.transfer(query, progress=False)
+    assert plain.provenance["layer"] is None
+    from_x, present_x, _ = _plot.query_expression(plain, query, model)
+    assert np.array_equal(present, present_x)
+    np.testing.assert_array_equal(from_layer.toarray(), from_x.toarray())
+    assert isinstance(result.plot_markers(layered, model), Figure)
+
+
 def test_wrong_tissue_is_made_obvious(tmp_path):
     """A pancreas reference on blood: most cells Unassigned, a warning in the summary, and the reference's
     pancreatic markers absent from the query."""

@@ -6,6 +6,7 @@ import hashlib
 import inspect
 import json
 import platform
+import shutil
 from importlib.metadata import version
 from pathlib import Path
 
@@ -73,9 +74,16 @@ def test_curated_recipes_use_the_tuned_training_defaults():
         assert recipe.spec["evaluation"]["held_out"]["group_key"] == "donor"
 
 
-def test_preprocessing_of_older_references_still_loads():
-    # references built before transfer(scale=...) decided the scaling recorded an unused "scale_with"
-    assert ih.Recipe.from_dict({**ih.Recipe().to_dict(), "scale_with": "own"}) == ih.Recipe()
+def test_preprocessing_of_older_references_still_loads(tmp_path):
+    # references built before transfer(scale=...) decided the scaling recorded an unused "scale_with"; the
+    # format's upgrade drops it (config.json holds the other files' checksums, not its own)
+    folder = shutil.copytree(REFERENCES_DIR / "pancreas-mouse", tmp_path / "old")
+    config = json.loads((folder / "config.json").read_text())
+    config["preprocessing"]["scale_with"] = "own"
+    (folder / "config.json").write_text(json.dumps(config))
+    old = ih.ItClust.from_pretrained(folder)
+    assert old.recipe == ih.ItClust.from_pretrained("pancreas-mouse").recipe
+    assert "scale_with" not in old.config["preprocessing"]
     with pytest.raises(ih.ItClustError, match="unknown preprocessing fields"):
         ih.Recipe.from_dict({**ih.Recipe().to_dict(), "colour": "blue"})
 

@@ -19,9 +19,8 @@ from itclust_hub._artifact import REFERENCE_FILES
 from itclust_hub._card import render_card
 from itclust_hub._errors import ItClustError
 from itclust_hub._evaluate import evaluate_transfer, held_out
-from itclust_hub._hub import _entry_from_config
 from itclust_hub._outputs import check_output_folder
-from itclust_hub._registry import INDEX_FILENAME, REFERENCES_DIR
+from itclust_hub._registry import INDEX_FILENAME, REFERENCES_DIR, ReferenceEntry
 
 from .recipe import DATA_DIR, BuildRecipe
 
@@ -143,8 +142,8 @@ def _write_index_entry(folder: Path, config: dict) -> None:
     path = REFERENCES_DIR / INDEX_FILENAME
     index = json.loads(path.read_text())
     current = index["references"].get(config["name"], {})
-    entry = _entry_from_config(config, current.get("repo_id", f"itclust-hub/{config['name']}"),
-                               current.get("revision"), folder)
+    entry = ReferenceEntry.from_config(config, current.get("repo_id", f"itclust-hub/{config['name']}"),
+                                       current.get("revision"), folder)
     entry.bundled = True
     index["references"][config["name"]] = entry.to_dict()
     path.write_text(json.dumps(index, indent=2) + "\n")
