@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from ._data import ScaledMatrix
 from ._errors import ItClustError
@@ -24,6 +25,7 @@ from ._preprocess import mean_std
 N_COMPONENTS = 30  # principal components the neighbour graph is built on
 N_NEIGHBORS = 15  # scanpy's default
 RESOLUTION = 1.0  # Leiden resolution, scanpy's default
+MAX_PCA_CELLS = 10_000  # the principal axes of a larger query come from a sample of this many cells
 MAX_GRAPH_CELLS = 50_000  # a larger query is clustered on a sample of this many cells
 CHUNK_ROWS = 8192  # cells per chunk of a pass
 
@@ -42,24 +44,27 @@ def query_clusters(data: ScaledMatrix, present: np.ndarray, *, seed: int = 0) ->
     query's own mean and standard deviation, ``N_COMPONENTS`` principal components, the graph joining each
     cell to its ``N_NEIGHBORS`` nearest cells, and its Leiden communities at ``RESOLUTION`` (modularity).
 
-    A query of more than ``MAX_GRAPH_CELLS`` cells is clustered on that many cells drawn at random (``seed``);
-    every other cell joins the cluster whose centre is nearest in the components."""
+    The principal axes of a query of more than ``MAX_PCA_CELLS`` cells come from that many cells drawn at
+    random (``seed``); a query of more than ``MAX_GRAPH_CELLS`` cells is clustered on that many, every other
+    cell joining the cluster whose centre is nearest in the components."""
     columns = np.flatnonzero(present)
     mean, std = _own_statistics(data, columns)
     scaled = lambda block: np.clip((block[:, columns].toarray() - mean) / std, -data.max_value, data.max_value)  # noqa: E731
     n_cells = data.n_cells
-    total, gram = np.zeros(len(columns)), np.zeros((len(columns), len(columns)))
+    rng = np.random.default_rng(seed)
+    in_pca = _sample(n_cells, MAX_PCA_CELLS, rng)
+    total, gram, start = np.zeros(len(columns)), np.zeros((len(columns), len(columns))), 0
     for block in _chunks(data):
-        z = scaled(block)
+        z = scaled(block)[in_pca[start : start + block.shape[0]]]
+        start += block.shape[0]
         total += z.sum(0)
         gram += z.T @ z
-    centre = total / n_cells
-    covariance = gram / n_cells - np.outer(centre, centre)
-    axes = _principal_axes(covariance, max(1, min(N_COMPONENTS, len(columns) - 1, n_cells - 2)))
+    n_pca = int(in_pca.sum())
+    centre = total / n_pca
+    covariance = gram / n_pca - np.outer(centre, centre)
+    axes = _principal_axes(covariance, max(1, min(N_COMPONENTS, len(columns) - 1, n_pca - 2)))
     components = np.concatenate([(scaled(block) - centre) @ axes for block in _chunks(data)])
-    sample = np.arange(n_cells)
-    if n_cells > MAX_GRAPH_CELLS:
-        sample = np.sort(np.random.default_rng(seed).choice(n_cells, MAX_GRAPH_CELLS, replace=False))
+    sample = np.flatnonzero(_sample(n_cells, MAX_GRAPH_CELLS, rng))
     labels = _leiden(components[sample], seed)
     if len(sample) < n_cells:
         centres = np.stack([components[sample[labels == k]].mean(0) for k in range(labels.max() + 1)])
@@ -67,11 +72,22 @@ def query_clusters(data: ScaledMatrix, present: np.ndarray, *, seed: int = 0) ->
                                  for i in range(0, n_cells, CHUNK_ROWS)])
     sums, start = np.zeros((labels.max() + 1, len(columns))), 0
     for block in _chunks(data):
-        np.add.at(sums, labels[start : start + block.shape[0]], scaled(block))
+        members = labels[start : start + block.shape[0]]
         start += block.shape[0]
+        sums += sp.csr_matrix((np.ones(len(members)), (members, np.arange(len(members)))),
+                              shape=(len(sums), len(members))) @ scaled(block)
     profiles = np.zeros((len(sums), len(present)))
     profiles[:, columns] = sums / np.maximum(np.bincount(labels, minlength=len(sums)), 1)[:, None]
     return QueryClusters(labels, profiles)
+
+
+def _sample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A mask over ``n`` cells: all of them, or ``size`` drawn at random when there are more."""
+    if n <= size:
+        return np.ones(n, bool)
+    mask = np.zeros(n, bool)
+    mask[rng.choice(n, size, replace=False)] = True
+    return mask
 
 
 def _principal_axes(covariance: np.ndarray, n: int) -> np.ndarray:
