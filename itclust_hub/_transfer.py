@@ -57,7 +57,7 @@ class FineTuneOutcome:
 
 
 @contextlib.contextmanager
-def _intra_op_threads(n: int | None):
+def intra_op_threads(n: int | None):
     """Run the block with ``n`` torch intra-op threads (at most the current number), then restore them."""
     before = torch.get_num_threads()
     if n is None or n >= before:
@@ -71,8 +71,9 @@ def _intra_op_threads(n: int | None):
 
 
 class _MomentumSGD:
-    """``torch.optim.SGD(params, lr, momentum)`` (no dampening, nesterov or weight decay), the same
-    arithmetic as its single-tensor path, without importing ``torch._dynamo`` (about 1.5 s per process)."""
+    """``torch.optim.SGD(params, lr, momentum)`` (no dampening, nesterov or weight decay), the same arithmetic
+    as its single-tensor path (labels and probabilities identical: benchmarks/RESULTS.md, "Restructure"),
+    without importing ``torch._dynamo``, which costs every transfer 2.3-2.8 s per process."""
 
     def __init__(self, params, lr: float, momentum: float):
         self.params, self.lr, self.momentum = list(params), lr, momentum
@@ -207,7 +208,7 @@ def fine_tune(
     device = torch.device(device)
     on_cpu = device.type == "cpu"
     workers = (torch.get_num_threads() if workers is None else workers) if on_cpu else 1
-    with _intra_op_threads(1 if on_cpu else None):
+    with intra_op_threads(1 if on_cpu else None):
         return _fine_tune(encoder, source_centroids, data, tol=tol, max_iter=max_iter, epochs_per_iter=epochs_per_iter,
                           batch_size=batch_size, lr=lr, seed=seed, progress=progress,
                           max_cells_per_iter=max_cells_per_iter, device=device,

@@ -15,7 +15,7 @@ import torch
 import itclust_hub as ih
 from itclust_hub._errors import ItClustError
 from itclust_hub._query import prepare_query
-from itclust_hub._transfer import _intra_op_threads, fine_tune
+from itclust_hub._transfer import fine_tune, intra_op_threads
 
 from _data import fine_tuned, read
 
@@ -138,7 +138,7 @@ def _sparse_equals_dense(encoder, centroids, data):
 
 def _dense_forward_pass(model, data, batch_size=256) -> float:
     """Seconds to densify, scale and encode every cell once, dense and single-threaded: the yardstick."""
-    with _intra_op_threads(1), torch.no_grad():
+    with intra_op_threads(1), torch.no_grad():
         start = time.perf_counter()
         for _, x in data.batches(batch_size):
             model.encoder(x)

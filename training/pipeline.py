@@ -8,11 +8,9 @@ import json
 import os
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import anndata as ad
-import torch
 
 import itclust_hub as ih
 from itclust_hub._artifact import REFERENCE_FILES
@@ -21,32 +19,20 @@ from itclust_hub._errors import ItClustError
 from itclust_hub._evaluate import evaluate_transfer, held_out
 from itclust_hub._outputs import check_output_folder
 from itclust_hub._registry import INDEX_FILENAME, REFERENCES_DIR, ReferenceEntry
+from itclust_hub._transfer import intra_op_threads
 
 from .recipe import DATA_DIR, BuildRecipe
 
 # model_cards/NAME.md: a relative symbolic link to the bundled card, itclust_hub/references/NAME/README.md (one copy)
 MODEL_CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
 COMPARED_FILES = ("model.safetensors", "genes.json", "labels.json", "config.json")
-TORCH_THREADS = 1
+TORCH_THREADS = 1  # the bytes of a fit depend on the thread count (1 and 2 give different weights): builds fix it
 # Largest difference between a refit's tensor and the bundled one, relative to the tensor's largest value, that
 # verify accepts. The bytes depend on the CPU model beyond torch's capability name (which kernels MKL/oneDNN and
 # SIMD reductions pick): a refit on an AVX2 AMD EPYC differed from the AVX512-built pancreas-human by up to
 # 8.5e-6 (centroids), another AVX512 machine by up to 1.2e-5 absolute; labels were the same on every cell.
 WEIGHT_TOLERANCE = 1e-4
 MACHINE_FIELDS = ("files", "training.torch_cpu_capability")  # config.json fields that record the machine's bytes
-
-
-@contextmanager
-def torch_threads(n: int = TORCH_THREADS):
-    """Run with ``n`` torch threads, then restore the count. The bytes of a fit depend on the thread count
-    (1 and 2 threads give different weights), so builds fix it; on a busy machine one thread also trains
-    these small networks several times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def read_data(data_dir: Path, file: str, label_key: str, harmonise: dict, what: str) -> ad.AnnData:
@@ -162,13 +148,13 @@ def build(recipe: BuildRecipe, out: Path | None = None, force: bool = False, dat
     start = time.perf_counter()
     atlas = read_atlas(recipe, data_dir)
     log(f"{recipe.name}: {atlas.n_obs} cells x {atlas.n_vars} genes from {recipe.spec['data']['file']}")
-    with torch_threads():
+    with intra_op_threads(TORCH_THREADS):
         model = fit(recipe, atlas, progress)
     dropped = model.config["training"]["dropped_types"]
     log(f"fitted on all cells in {time.perf_counter() - start:.0f} s: {model.config['n_cells']} cells, "
         f"{len(model.cell_types)} types, {len(model.genes)} genes, {model.config['training']['epochs_run']} epochs"
         + (f"; dropped types: {', '.join(f'{t} ({n})' for t, n in dropped.items())}" if dropped else ""))
-    with torch_threads():
+    with intra_op_threads(TORCH_THREADS):
         evaluation = evaluate(recipe, atlas, model, data_dir, log)
     card = render_card(model.config, model.cell_types, model.type_counts, evaluation,
                        genes={"ensembl_ids": model.gene_ids}, ontology=model.ontology, notes=recipe.spec["labels"]["notes"])
@@ -200,14 +186,14 @@ def verify(recipe: BuildRecipe, folder: Path | None = None, data_dir: Path = DAT
 
     folder = Path(folder) if folder is not None else bundled_folder(recipe.name)
     atlas = read_atlas(recipe, data_dir)
-    with torch_threads():
+    with intra_op_threads(TORCH_THREADS):
         model = fit(recipe, atlas, progress)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         refit = model.save_pretrained(Path(tmp) / recipe.name, card="")
         checks = {name: _compare_file(refit / name, folder / name) for name in COMPARED_FILES}
     for item in recipe.spec["evaluation"]["cross_dataset"][:1]:
         query = read_data(data_dir, item["file"], item["label_key"], item["harmonise"], f"recipe {recipe.name}")
-        with torch_threads():
+        with intra_op_threads(TORCH_THREADS):
             labels = [m.transfer(query, query_organism=item["query_organism"], progress=False,
                                  **recipe.spec["evaluation"]["transfer"]).labels
                       for m in (model, ih.ItClust.from_pretrained(folder))]
