@@ -92,7 +92,7 @@ class Curve:
 
         from itclust_hub import _train
 
-        self.stages, self.validation = [], []
+        self.stages, self.validation, self.start = [], [], time.perf_counter()
         mse, validation, sgd = torch.nn.functional.mse_loss, _train._validation_loss, torch.optim.SGD
         curve = self
 
@@ -103,10 +103,12 @@ class Curve:
 
         def recorded_validation(*args, **kwargs):
             curve.validation.append(validation(*args, **kwargs))
+            curve.reached(f"supervised epoch {len(curve.validation)}")
             return curve.validation[-1]
 
         class StageSGD(sgd):  # pretraining makes one optimizer per stage
             def __init__(self, *args, **kwargs):
+                curve.reached(f"pretraining stage {len(curve.stages) + 1}")
                 curve.stages.append([])
                 super().__init__(*args, **kwargs)
 
@@ -115,6 +117,11 @@ class Curve:
                         mock.patch.object(torch.optim, "SGD", StageSGD)]
         for patch in self.patches:
             patch.start()
+
+    def reached(self, what: str) -> None:
+        """Print how far training got (the parent keeps the last line of a run it had to stop)."""
+        print("REACHED " + json.dumps({"reached": what, "after_seconds": round(time.perf_counter() - self.start, 1)}),
+              flush=True)
 
     def rows(self) -> list[dict]:
         """Mean pretraining loss per tenth of each stage; validation loss per epoch."""
@@ -138,8 +145,8 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     if args.schedule == "today":
         _train.LARGE_ATLAS = 2**62  # every atlas trains as one under LARGE_ATLAS cells does
-    curve = Curve()
     adata = ad.read_h5ad(args.atlas, backed="r")
+    curve = Curve()
     start = time.perf_counter()
     model = ih.train_reference(adata, LABEL_KEY, "scale", organism="human", small_types="drop", seed=0,
                                progress=args.progress)
@@ -159,12 +166,14 @@ def score_worker(args) -> None:
                                   "hidden_dims": model.config["architecture"]["hidden_dims"], **scores(model)}), flush=True)
 
 
-def run(cmd: list[str], args, env: dict | None = None) -> dict:
-    """Run ``cmd``, polling the summed RSS of its process tree; kill it past the memory cap or the timeout."""
+def run(cmd: list[str], log: Path, args, env: dict | None = None) -> dict:
+    """Run ``cmd`` (its stderr, progress bars included, to ``log``), polling the summed RSS of its process
+    tree; kill it past the memory cap or the timeout."""
     import psutil
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    with open(log, "w") as stderr_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr_file, text=True,
+                                env={**os.environ, **(env or {})})
     tree = psutil.Process(proc.pid)
     polled, status, start = 0, "ok", time.perf_counter()
     while proc.poll() is None:
@@ -181,9 +190,13 @@ def run(cmd: list[str], args, env: dict | None = None) -> dict:
                 p.kill()
             break
         time.sleep(0.2)
-    stdout, stderr = proc.communicate()
+    stdout = proc.communicate()[0]
+    stderr = log.read_text()
     row = {"status": status, "wall_seconds": time.perf_counter() - start, "polled_peak_rss": polled}
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    reached = [line for line in stdout.splitlines() if line.startswith("REACHED ")]
+    if reached:
+        row.update(json.loads(reached[-1][len("REACHED "):]))
     if lines:
         row.update(json.loads(lines[-1][len("RESULT "):]))
     elif status == "ok":
@@ -198,14 +211,14 @@ def measure(n_cells: int, atlas: Path, schedule: str, processes: int, args) -> d
     if processes == 1:
         cmd = [sys.executable, __file__, "_worker", str(atlas), str(reference), "--schedule", schedule,
                "--threads", str(args.threads)] + (["--progress"] if args.progress else [])
-        row = run(cmd, args)
+        row = run(cmd, reference.with_suffix(".log"), args)
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "-m", "itclust_hub._distributed", str(atlas), "--label-key", LABEL_KEY, "--name", "scale",
                "--organism", "human", "--small-types", "drop", "-o", str(reference), "--force"]
-        row = run(cmd, args, env={"OMP_NUM_THREADS": str(max(args.threads // processes, 1))})
+        row = run(cmd, reference.with_suffix(".log"), args, env={"OMP_NUM_THREADS": str(max(args.threads // processes, 1))})
         if row["status"] == "ok":
-            scored = run([sys.executable, __file__, "_score", str(reference)], args)
+            scored = run([sys.executable, __file__, "_score", str(reference)], reference.with_suffix(".score.log"), args)
             row.update({k: v for k, v in scored.items() if k not in ("status", "wall_seconds", "polled_peak_rss")})
     return {"n_cells": n_cells, "schedule": schedule, "processes": processes, **row}
 
@@ -215,7 +228,7 @@ def measure(n_cells: int, atlas: Path, schedule: str, processes: int, args) -> d
 FIELDS = ["n_cells", "schedule", "processes", "status", "seconds", "wall_seconds", "cells_per_second",
           "peak_rss_gb", "polled_peak_rss_gb", "epochs_run", "hidden_dims", "threads",
           "held-out:human3 accuracy", "held-out:human3 macro_f1", "cross-species:mouse accuracy",
-          "cross-species:mouse macro_f1", "error"]
+          "cross-species:mouse macro_f1", "reached", "after_seconds", "error"]
 
 
 def _write(rows: list[dict], args) -> None:
@@ -255,7 +268,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--mem-cap-gb", type=float, default=12.0)
     parser.add_argument("--timeout", type=float, default=3 * 3600.0)
-    parser.add_argument("--progress", action="store_true", help="the training progress bar on stderr")
+    parser.add_argument("--progress", action="store_true",
+                        help="training progress bars (cells/s, time left) in WORKDIR/reference-<size>-<schedule>-<n>p.log")
     args = parser.parse_args(argv)
     args.curve_csv = args.curve_csv or args.csv.replace(".csv", "_curve.csv")
     if splits.missing_files():
@@ -265,8 +279,8 @@ def main(argv=None) -> None:
     rows = []
     for n in args.sizes:
         atlas = make_atlas(n, args.workdir)
-        runs = [("default", 1)] + [("today", 1)] * (n in args.today)
-        runs += [("default", args.processes)] * (args.processes > 1 and n in args.ddp_sizes)
+        runs = [("default", 1)] + [("default", args.processes)] * (args.processes > 1 and n in args.ddp_sizes)
+        runs += [("today", 1)] * (n in args.today)
         for schedule, processes in runs:
             row = measure(n, atlas, schedule, processes, args)
             rows.append(row)
