@@ -7,9 +7,10 @@ started by ``torchrun`` (``distributed=True``, see :mod:`itclust_hub._distribute
 read chunk by chunk either way.
 
 An atlas of fewer than ``LARGE_ATLAS`` cells trains in epochs over every cell, minibatches of random rows.
-A larger one trains as if it had ``LARGE_ATLAS`` cells drawn from all of its cells, so its cost stops growing
-with its size: each pretraining stage and each supervised epoch sees as many cells as one of a
-``LARGE_ATLAS``-cell atlas would, early stopping watches a fixed-size validation sample held in memory, and
+A larger one trains on samples drawn from all of its cells, so its cost stops growing with its size: each
+pretraining stage sees as many cells as one of a ``PRETRAIN_CELLS``-cell atlas would (the pretraining loss has
+levelled off by then, benchmarks/RESULTS.md), each supervised epoch as many as one of a ``LARGE_ATLAS``-cell
+atlas would, early stopping watches a fixed-size validation sample held in memory, and
 minibatches come from chunks of ``CHUNK_CELLS`` consecutive cells (chunk order shuffled, rows shuffled within
 a chunk), so a backed atlas is read sequentially and memory is bounded by a chunk. (A backed atlas under
 ``LARGE_ATLAS`` cells is held in memory on its selected genes, as an in-memory one is: that is small.)
@@ -41,6 +42,7 @@ VAL_MASK_RATES = (0.5, 0.9)
 VAL_CHUNK = 4096
 CONTEXT_CHUNK = 1024  # cells per step of the context pass: dense rows over every gene the atlas measures
 LARGE_ATLAS = 50_000  # from this many cells, training counts cells seen instead of epochs over every cell
+PRETRAIN_CELLS = 10_000  # a large atlas pretrains each stage on pretrain_epochs x this many cells (as a 10k atlas)
 _LISTED = 10  # small cell types an error message names
 
 
@@ -166,13 +168,13 @@ def _validation_size(n_cells: int, val_fraction: float) -> int:
 def _pretrain(net: _SourceNetwork, model: nn.Module, data, epochs: int, batch_size: int, lr: float,
               rng: np.random.Generator, bar, replica: Replica) -> None:
     """Layer-wise then end-to-end denoising autoencoder pretraining (dropout 0.2, MSE, SGD momentum), each
-    stage ``epochs`` epochs over every cell, or over ``LARGE_ATLAS`` cells' worth of chunked minibatches."""
+    stage ``epochs`` epochs over every cell, or over ``PRETRAIN_CELLS`` cells' worth of chunked minibatches."""
     large = data.n_cells >= LARGE_ATLAS
     stream = _chunked(data, np.arange(data.n_cells), batch_size, rng, replica) if large else None
 
     def batches():
         if large:
-            return _cells(stream, epochs * LARGE_ATLAS)
+            return _cells(stream, epochs * PRETRAIN_CELLS)
         return itertools.chain.from_iterable(
             _epoch(data, rng.permutation(data.n_cells), batch_size, replica) for _ in range(epochs))
 
@@ -195,7 +197,7 @@ def _covariance_chunks(n_cells: int) -> list[tuple[int, int]]:
     """The chunks ``(start, stop)`` of the cells the imputation model's gene covariances are summed over:
     every cell of an atlas under ``LARGE_ATLAS`` cells; else evenly spaced chunks of ``LARGE_ATLAS`` cells in
     all (enough for the covariances of a few thousand genes, and their cost stops growing with the atlas)."""
-    chunks = list(Shard().mine(n_cells))
+    chunks = list(Shard().mine(n_cells, CHUNK_CELLS))
     if n_cells < LARGE_ATLAS:
         return chunks
     picked = np.unique(np.linspace(0, len(chunks) - 1, -(-LARGE_ATLAS // CHUNK_CELLS)).round().astype(int))
@@ -211,7 +213,7 @@ def _cell_statistics(net: _SourceNetwork, data, codes: np.ndarray, n_types: int,
     products = torch.zeros(data.n_genes, data.n_genes, dtype=torch.float64, device=replica.device)
     covariance = set(_covariance_chunks(data.n_cells))
     with torch.no_grad():
-        for start, stop in replica.shard().mine(data.n_cells):
+        for start, stop in replica.shard().mine(data.n_cells, CHUNK_CELLS):
             x = _rows(data, np.arange(start, stop), replica)
             types = torch.as_tensor(codes[start:stop], device=replica.device)
             z_sums.index_add_(0, types, net.encoder(x).double())
@@ -435,7 +437,8 @@ def train_reference(
     pretrain_epochs, epochs, patience, batch_size, lr, pretrain_lr
         Autoencoder pretraining epochs per stage; supervised epochs, early-stopping patience on the
         validation split, minibatch size and learning rates. From ``LARGE_ATLAS`` (50,000) cells an epoch
-        is ``LARGE_ATLAS`` cells' worth of minibatches read in chunks, not a pass over every cell (recorded in
+        is ``PRETRAIN_CELLS`` (10,000; pretraining) or ``LARGE_ATLAS`` cells' worth of minibatches read in
+        chunks, not a pass over every cell (recorded in
         ``config["training"]["large_atlas"]``), so training time stops growing with the atlas.
     val_fraction, label_smoothing
         Shuffled validation share for early stopping; smoothing of the one-hot targets.
@@ -487,8 +490,9 @@ def train_reference(
     cfg = dict(epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
                label_smoothing=label_smoothing, mask_max_rate=mask_max_rate, mask_prob=mask_prob)
     show = progress if replica.rank == 0 else False
-    seen = min(atlas.n_cells, LARGE_ATLAS)  # cells an epoch or a pretraining pass sees
-    with progress_bar(total=pretrain_epochs * (len(dims) + 1) * seen, enabled=show, desc=f"pretraining {name}",
+    seen = min(atlas.n_cells, LARGE_ATLAS)  # cells an epoch sees
+    pretrain_seen = seen if atlas.n_cells < LARGE_ATLAS else PRETRAIN_CELLS
+    with progress_bar(total=pretrain_epochs * (len(dims) + 1) * pretrain_seen, enabled=show, desc=f"pretraining {name}",
                       unit="cells", unit_scale=True) as bar:
         _pretrain(net, model, data, pretrain_epochs, batch_size, pretrain_lr, rng, bar, replica)
     centroids, profiles, products = _cell_statistics(net, data, atlas.codes, n_types, replica)
@@ -511,7 +515,7 @@ def train_reference(
                     processes=replica.world, device=replica.device.type,
                     torch_cpu_capability=torch.backends.cpu.get_cpu_capability())
     if atlas.n_cells >= LARGE_ATLAS:  # smaller atlases record what they always did
-        training["large_atlas"] = dict(pretrain_cells_per_stage=pretrain_epochs * LARGE_ATLAS, cells_per_epoch=n_train,
+        training["large_atlas"] = dict(pretrain_cells_per_stage=pretrain_epochs * PRETRAIN_CELLS, cells_per_epoch=n_train,
                                        validation_cells=seen - n_train, chunk_cells=CHUNK_CELLS,
                                        covariance_cells=covered)
     return ItClust.from_parts(

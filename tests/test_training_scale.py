@@ -22,7 +22,7 @@ from itclust_hub import _atlas, _train
 from _data import read
 
 SETTINGS = dict(small_types="drop", hidden_dims=[64, 32], pretrain_epochs=2, epochs=4, patience=2, seed=0, progress=False)
-LARGE, CHUNK = 1000, 256
+LARGE, PRETRAIN, CHUNK = 1000, 800, 256
 
 
 def resampled(n_cells: int, seed: int = 0) -> ad.AnnData:
@@ -41,6 +41,7 @@ def resampled(n_cells: int, seed: int = 0) -> ad.AnnData:
 @pytest.fixture
 def large(monkeypatch):
     monkeypatch.setattr(_train, "LARGE_ATLAS", LARGE)
+    monkeypatch.setattr(_train, "PRETRAIN_CELLS", PRETRAIN)
     monkeypatch.setattr(_train, "CHUNK_CELLS", CHUNK)
     monkeypatch.setattr(_atlas, "CHUNK_CELLS", CHUNK)
 
@@ -58,14 +59,14 @@ def test_large_atlas_cost_counts_cells_not_atlas_size(large):
     one = _steps(resampled(2000))
     two = _steps(ad.concat([resampled(2000), resampled(2000, seed=1)], index_unique="-"))
     assert abs(one[0] - two[0]) <= 3 and abs(one[1] - two[1]) <= 4, (one[:2], two[:2])  # a minibatch per stage or epoch
-    # 3 stages (2 layers, then end to end) x 2 epochs of 1000 cells in minibatches of about 256 within a
+    # 3 stages (2 layers, then end to end) x 2 epochs of 800 cells in minibatches of about 256 within a
     # chunk; 4 epochs of the 750 cells a 1000-cell atlas trains on (250 validate)
-    assert 3 * 2 * LARGE / 256 <= one[0] <= 3 * 2 * LARGE / 128 + 3
+    assert 3 * 2 * PRETRAIN / 256 <= one[0] <= 3 * 2 * PRETRAIN / 128 + 3
     assert 4 * 750 / 256 <= one[1] <= 4 * 750 / 128 + 4
     recorded = dict(two[2].config["training"]["large_atlas"])
     # the imputation model's covariances from evenly spaced chunks of about LARGE cells (the last one shorter)
     assert LARGE - CHUNK < recorded.pop("covariance_cells") <= LARGE + CHUNK
-    assert recorded == dict(pretrain_cells_per_stage=2 * LARGE, cells_per_epoch=750, validation_cells=250,
+    assert recorded == dict(pretrain_cells_per_stage=2 * PRETRAIN, cells_per_epoch=750, validation_cells=250,
                             chunk_cells=CHUNK)
 
 
@@ -85,7 +86,7 @@ def test_large_backed_atlas_is_read_in_chunks_and_trains_as_in_memory(large, tmp
     by_row = sum(len(np.atleast_1d(index)) for index in reads if not isinstance(index, slice))
     # one array read: the validation sample (250 cells); every other read a slice of at most one chunk
     assert by_row <= 250 + 1, by_row
-    assert sum(isinstance(index, slice) for index in reads) >= 3 * 2 * LARGE / CHUNK
+    assert sum(isinstance(index, slice) for index in reads) >= 3 * 2 * PRETRAIN / CHUNK
 
 
 MEMORY_SCRIPT = textwrap.dedent("""
@@ -94,7 +95,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import itclust_hub as ih
     from itclust_hub import _train
 
-    _train.LARGE_ATLAS = 5_000
+    _train.LARGE_ATLAS, _train.PRETRAIN_CELLS = 5_000, 5_000
     def rss(key):
         with open("/proc/self/status") as status:
             return next(int(line.split()[1]) * 1024 for line in status if line.startswith(key))
