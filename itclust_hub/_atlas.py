@@ -44,6 +44,15 @@ class Shard:
                 yield start, min(start + chunk, n)
 
 
+def read_rows(X, rows: np.ndarray) -> sp.csr_matrix:
+    """Rows ``rows`` (ascending) of ``X`` as an in-memory CSR. Rows close together (a chunk of cells) are read
+    as one slice and picked in memory: a backed matrix reads a slice sequentially, but an array of rows one
+    row at a time."""
+    if len(rows) and rows[-1] - rows[0] < 2 * len(rows):
+        return as_csr(X[int(rows[0]) : int(rows[-1]) + 1])[rows - rows[0]]
+    return as_csr(X[rows])
+
+
 def seurat_hvg(mean: np.ndarray, var: np.ndarray, n_top: int, n_bins: int = 20) -> np.ndarray:
     """Highly variable genes as ``scanpy.pp.highly_variable_genes(flavor="seurat", n_top_genes=n_top)``.
 
@@ -104,7 +113,7 @@ class Atlas:
     def read(self, index, columns: np.ndarray | None = None) -> sp.csr_matrix:
         """Log-normalised genes ``columns`` (var positions; default the selected genes) of cells ``index``
         (ascending positions into ``cells``)."""
-        chunk = as_csr(self.X[self.cells[index]])[:, self.gene_columns if columns is None else columns]
+        chunk = read_rows(self.X, self.cells[index])[:, self.gene_columns if columns is None else columns]
         return lognormalize(chunk, self.input_type, self.recipe.target_sum, self.totals[index])
 
     def in_memory(self) -> ScaledMatrix:
@@ -118,7 +127,8 @@ class Atlas:
 
 
 class StreamedMatrix:
-    """Scaled dense rows read from the atlas on demand; memory is bounded by the batch."""
+    """Scaled dense rows read from the atlas on demand; memory is bounded by what is asked for (a batch, a
+    chunk)."""
 
     def __init__(self, atlas: Atlas):
         self.atlas = atlas
@@ -131,6 +141,19 @@ class StreamedMatrix:
         block = torch.from_numpy(self.atlas.read(index).toarray())
         limit = self.atlas.recipe.max_value
         return ((block - self.mean) * self.inv_std).clamp_(-limit, limit)
+
+    def take(self, rows: np.ndarray) -> ScaledMatrix:
+        """The cells ``rows`` (ascending) in memory, as :meth:`Atlas.in_memory` holds them (same scaled rows),
+        read chunk by chunk."""
+        blocks = [self.atlas.read(rows[lo:hi]) for lo, hi in _spans(rows, CHUNK_CELLS) if hi > lo]
+        X = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, self.n_genes), dtype=np.float32)
+        return ScaledMatrix(X, self.atlas.mean, self.atlas.std, self.atlas.recipe.max_value)
+
+
+def _spans(rows: np.ndarray, chunk: int):
+    """``(lo, hi)``: the positions in ``rows`` (ascending) of the rows in each chunk of ``chunk`` consecutive rows."""
+    edges = np.searchsorted(rows, np.arange(0, (rows[-1] + 1 if len(rows) else 0) + chunk, chunk))
+    return zip(edges[:-1], edges[1:])
 
 
 def _qc_cells(X, n_obs: int, labelled: np.ndarray, gene_ok: np.ndarray, recipe: Recipe, shard: Shard):
@@ -177,7 +200,7 @@ def scan_atlas(adata, codes: np.ndarray, cell_types: list[str], recipe: Recipe, 
     totals = np.zeros(n, dtype=np.float64)
     sums = np.zeros((4, g))  # normalised values and their squares (HVG), logged values and their squares
     for start, stop in shard.mine(n):
-        chunk = as_csr(X[cells[start:stop]])[:, kept]
+        chunk = read_rows(X, cells[start:stop])[:, kept]
         depth = np.asarray(chunk.sum(axis=1)).ravel()
         totals[start:stop] = depth
         logged = lognormalize(chunk, used_type, recipe.target_sum, depth)

@@ -4,12 +4,22 @@ class centroids trained with KL loss against smoothed one-hot labels (ItClust's 
 Random gene masking during supervised training teaches the network to tolerate queries that measure
 only part of the reference genes. Training runs in one process, or data-parallel across processes
 (``distributed=True``: started by ``itclust-hub train --processes N`` or by ``torchrun``, see
-:mod:`itclust_hub._distributed`); a backed AnnData is streamed from disk batch by batch either way.
+:mod:`itclust_hub._distributed`); a backed AnnData is read chunk by chunk either way.
+
+An atlas of fewer than ``LARGE_ATLAS`` cells trains in epochs over every cell, minibatches of random rows.
+A larger one trains on samples drawn from all of its cells, so its cost stops growing with its size: each
+pretraining stage sees as many cells as one of a ``PRETRAIN_CELLS``-cell atlas would (the pretraining loss has
+levelled off by then, benchmarks/RESULTS.md), each supervised epoch as many as one of a ``LARGE_ATLAS``-cell
+atlas would, early stopping watches a fixed-size validation sample held in memory, and
+minibatches come from chunks of ``CHUNK_CELLS`` consecutive cells (chunk order shuffled, rows shuffled within
+a chunk), so a backed atlas is read sequentially and memory is bounded by a chunk. (A backed atlas under
+``LARGE_ATLAS`` cells is held in memory on its selected genes, as an in-memory one is: that is small.)
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 
 import numpy as np
@@ -17,7 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ._atlas import scan_atlas
+from ._atlas import CHUNK_CELLS, Shard, scan_atlas
 from ._distributed import DistributedReplica, Replica
 from ._errors import ItClustError, ItClustWarning
 from ._genes import choose_organism, ensembl_ids_for, normalize_organism
@@ -32,6 +42,8 @@ from ._query import check_anndata
 VAL_MASK_RATES = (0.5, 0.9)
 VAL_CHUNK = 4096
 CONTEXT_CHUNK = 1024  # cells per step of the context pass: dense rows over every gene the atlas measures
+LARGE_ATLAS = 50_000  # from this many cells, training counts cells seen instead of epochs over every cell
+PRETRAIN_CELLS = 10_000  # a large atlas pretrains each stage on pretrain_epochs x this many cells (as a 10k atlas)
 _LISTED = 10  # small cell types an error message names
 
 
@@ -85,41 +97,99 @@ def _rows(data, index: np.ndarray, replica: Replica) -> torch.Tensor:
     return data.rows(index).to(replica.device)
 
 
+def _epoch(data, order: np.ndarray, batch_size: int, replica: Replica, even: bool = False):
+    """One epoch in the order ``order`` (cell positions): ``(rows, positions, n)`` per minibatch, with this
+    process's scaled rows, their cell positions and the minibatch's size over all processes."""
+    for index in _minibatches(order, batch_size, replica.world, even):
+        mine = replica.take(index)
+        yield _rows(data, mine, replica), mine, len(index)
+
+
+def _chunked(data, cells: np.ndarray, batch_size: int, rng: np.random.Generator, replica: Replica):
+    """Endless epochs over ``cells`` (ascending positions) as :func:`_epoch` yields them, read in chunks of
+    ``CHUNK_CELLS`` consecutive cells: chunk order shuffled, each chunk read once per epoch into memory and
+    its rows shuffled there."""
+    edges = np.searchsorted(cells, np.arange(0, data.n_cells + CHUNK_CELLS, CHUNK_CELLS))
+    while True:
+        for k in rng.permutation(len(edges) - 1):
+            mine = cells[edges[k] : edges[k + 1]]
+            if len(mine):
+                chunk = data.take(mine)
+                for rows, index, n in _epoch(chunk, rng.permutation(len(mine)), batch_size, replica, even=True):
+                    yield rows, mine[index], n
+
+
+def _cells(batches, n_cells: int):
+    """The minibatches of ``batches`` until ``n_cells`` cells have been seen."""
+    seen = 0
+    for rows, index, n in batches:
+        yield rows, index, n
+        seen += n
+        if seen >= n_cells:
+            return
+
+
+def _validation_size(n_cells: int, val_fraction: float) -> int:
+    """Cells held out for early stopping: a share of the atlas, or of ``LARGE_ATLAS`` cells for a larger one."""
+    return max(int(round(val_fraction * min(n_cells, LARGE_ATLAS))), 1)
+
+
 def _pretrain(net: _SourceNetwork, model: nn.Module, data, epochs: int, batch_size: int, lr: float,
               rng: np.random.Generator, bar, replica: Replica) -> None:
-    """Layer-wise then end-to-end denoising autoencoder pretraining (dropout 0.2, MSE, SGD momentum)."""
+    """Layer-wise then end-to-end denoising autoencoder pretraining (dropout 0.2, MSE, SGD momentum), each
+    stage ``epochs`` epochs over every cell, or over ``PRETRAIN_CELLS`` cells' worth of chunked minibatches."""
+    large = data.n_cells >= LARGE_ATLAS
+    stream = _chunked(data, np.arange(data.n_cells), batch_size, rng, replica) if large else None
+
+    def batches():
+        if large:
+            return _cells(stream, epochs * PRETRAIN_CELLS)
+        return itertools.chain.from_iterable(
+            _epoch(data, rng.permutation(data.n_cells), batch_size, replica) for _ in range(epochs))
 
     def run(stage, params):
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
-        for _ in range(epochs):
-            for index in _minibatches(rng.permutation(data.n_cells), batch_size, replica.world):
-                target, recon = model(_rows(data, replica.take(index), replica), stage)
-                loss = nn.functional.mse_loss(recon, target)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            bar.update(1)
+        for x, _, n in batches():
+            target, recon = model(x, stage)
+            loss = nn.functional.mse_loss(recon, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            bar.update(n)
 
     for i, (layer, decoder) in enumerate(zip(net.encoder.layers, net.decoders)):
         run(i, [*layer.parameters(), *decoder.parameters()])
     run("autoencoder", [*net.encoder.parameters(), *net.decoders.parameters()])
 
 
+def _covariance_chunks(n_cells: int) -> list[tuple[int, int]]:
+    """The chunks ``(start, stop)`` of the cells the imputation model's gene covariances are summed over:
+    every cell of an atlas under ``LARGE_ATLAS`` cells; else evenly spaced chunks of ``LARGE_ATLAS`` cells in
+    all (enough for the covariances of a few thousand genes, and their cost stops growing with the atlas)."""
+    chunks = list(Shard().mine(n_cells, CHUNK_CELLS))
+    if n_cells < LARGE_ATLAS:
+        return chunks
+    picked = np.unique(np.linspace(0, len(chunks) - 1, -(-LARGE_ATLAS // CHUNK_CELLS)).round().astype(int))
+    return [chunks[i] for i in picked]
+
+
 def _cell_statistics(net: _SourceNetwork, data, codes: np.ndarray, n_types: int, replica: Replica):
     """One pass over the cells. Per type: the mean embedding (the initial centroids) and the mean scaled
-    expression (the type profiles kept for novelty checks and marker genes); over all cells: the genes'
-    summed products ``X'X`` (for the imputation model of missing genes)."""
+    expression (the type profiles kept for novelty checks and marker genes); over the cells of
+    :func:`_covariance_chunks`: the genes' summed products ``X'X`` (for the imputation model of missing genes)."""
     z_sums = torch.zeros(n_types, net.centroids.shape[1], dtype=torch.float64, device=replica.device)
     x_sums = torch.zeros(n_types, data.n_genes, dtype=torch.float64, device=replica.device)
     products = torch.zeros(data.n_genes, data.n_genes, dtype=torch.float64, device=replica.device)
+    covariance = set(_covariance_chunks(data.n_cells))
     with torch.no_grad():
-        for start, stop in replica.shard().mine(data.n_cells):
+        for start, stop in replica.shard().mine(data.n_cells, CHUNK_CELLS):
             x = _rows(data, np.arange(start, stop), replica)
             types = torch.as_tensor(codes[start:stop], device=replica.device)
             z_sums.index_add_(0, types, net.encoder(x).double())
             x = x.double()
             x_sums.index_add_(0, types, x)
-            products += x.T @ x
+            if (start, stop) in covariance:
+                products += x.T @ x
     counts = torch.as_tensor(np.bincount(codes, minlength=n_types), dtype=torch.float64, device=replica.device)
     centroids = (replica.all_sum(z_sums) / counts[:, None]).float()
     profiles = (replica.all_sum(x_sums) / counts[:, None]).float()
@@ -127,23 +197,28 @@ def _cell_statistics(net: _SourceNetwork, data, codes: np.ndarray, n_types: int,
 
 
 def _context_statistics(atlas, loadings: np.ndarray, noise: float, replica: Replica):
-    """One pass over the cells: the loadings of every other gene the atlas measures (``context``) on the
-    latent positions of the reference genes' probabilistic PCA, and their residual noise
-    (:func:`itclust_hub._impute.context_loadings`). Each chunk of cells is read once for both gene sets."""
+    """One pass over the cells of :func:`_covariance_chunks`: the loadings of every other gene the atlas
+    measures (``context``) on the latent positions of the reference genes' probabilistic PCA, and their
+    residual noise (:func:`itclust_hub._impute.context_loadings`). Each block of cells is read once for both
+    gene sets."""
     W = torch.from_numpy(loadings).double().to(replica.device)
     to_latent = latent_map(W, noise)
     n, k, g = len(W), W.shape[1], len(atlas.context_columns)
     columns = np.concatenate([atlas.gene_columns, atlas.context_columns])
     mean, std = np.concatenate([atlas.mean, atlas.context_mean]), np.concatenate([atlas.std, atlas.context_std])
     sums = [torch.zeros(shape, dtype=torch.float64, device=replica.device) for shape in ((k, k), (k, g), (g,))]
+    chunks = _covariance_chunks(atlas.n_cells)
     with torch.no_grad():
-        for start, stop in replica.shard().mine(atlas.n_cells, CONTEXT_CHUNK):
-            both = ScaledMatrix(atlas.read(np.arange(start, stop), columns), mean, std, atlas.recipe.max_value,
-                                dense_budget=0).rows(slice(None)).to(replica.device).double()
-            z, x = both[:, :n] @ to_latent, both[:, n:]
-            for total, part in zip(sums, (z.T @ z, z.T @ x, (x * x).sum(0))):
-                total += part
-    return context_loadings(*(replica.all_sum(total).cpu().numpy() for total in sums), atlas.n_cells)
+        for chunk_start, chunk_stop in chunks[replica.rank :: replica.world]:
+            for start in range(chunk_start, chunk_stop, CONTEXT_CHUNK):
+                rows = np.arange(start, min(start + CONTEXT_CHUNK, chunk_stop))
+                both = ScaledMatrix(atlas.read(rows, columns), mean, std, atlas.recipe.max_value,
+                                    dense_budget=0).rows(slice(None)).to(replica.device).double()
+                z, x = both[:, :n] @ to_latent, both[:, n:]
+                for total, part in zip(sums, (z.T @ z, z.T @ x, (x * x).sum(0))):
+                    total += part
+    n_cells = sum(stop - start for start, stop in chunks)
+    return context_loadings(*(replica.all_sum(total).cpu().numpy() for total in sums), n_cells)
 
 
 def _gene_ids(var: pd.DataFrame, symbols: list[str], organism: str) -> list[str] | None:
@@ -190,30 +265,39 @@ def _validation_loss(net: _SourceNetwork, data, val: np.ndarray, codes: np.ndarr
 
 def _supervised(net: _SourceNetwork, model: nn.Module, data, codes: np.ndarray, cfg: dict, imputation,
                 rng: np.random.Generator, bar, replica: Replica) -> int:
-    """KL training against smoothed one-hot labels; early stopping on a shuffled validation split.
+    """KL training against smoothed one-hot labels; early stopping on a shuffled validation split (on a
+    large atlas: a validation sample of ``val_fraction * LARGE_ATLAS`` cells held in memory, and epochs of
+    ``(1 - val_fraction) * LARGE_ATLAS`` cells of chunked minibatches from the other cells).
 
     Returns the number of epochs run; the best weights (lowest validation loss) are restored.
     """
+    large = data.n_cells >= LARGE_ATLAS
     order = rng.permutation(data.n_cells)
-    n_val = max(int(round(cfg["val_fraction"] * data.n_cells)), 1)
+    n_val = _validation_size(data.n_cells, cfg["val_fraction"])
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    if large:
+        stream = _chunked(data, train, cfg["batch_size"], rng, replica)
+        val_data, val_codes, val = data.take(val), codes[val], np.arange(n_val)
+    else:
+        val_data, val_codes = data, codes
     masks = [None] + [_gene_mask(data.n_genes, rate) for rate in VAL_MASK_RATES if cfg["mask_prob"] > 0]
     params = [*net.encoder.parameters(), net.centroids]
     opt = torch.optim.Adam(params, lr=cfg["lr"])
     best = (float("inf"), None, 0)
     epoch = 0
     for epoch in range(1, cfg["epochs"] + 1):
-        for index in _minibatches(rng.permutation(train), cfg["batch_size"], replica.world, even=True):
+        batches = (_cells(stream, LARGE_ATLAS - n_val) if large
+                   else _epoch(data, rng.permutation(train), cfg["batch_size"], replica, even=True))
+        for x, mine, n in batches:
             keep = _gene_mask(data.n_genes, rng.random() * cfg["mask_max_rate"]) if rng.random() < cfg["mask_prob"] else None
-            mine = replica.take(index)
-            x = _masked(_rows(data, mine, replica), keep, imputation)
             target = _targets(codes[mine], len(net.centroids), cfg["label_smoothing"], replica.device)
-            loss = kl_loss(target, model(x, "classify"))
+            loss = kl_loss(target, model(_masked(x, keep, imputation), "classify"))
             opt.zero_grad()
             loss.backward()
             opt.step()
-        val_loss = _validation_loss(net, data, val, codes, masks, cfg, imputation, replica)
-        bar.update(1)
+            bar.update(n)
+        val_loss = _validation_loss(net, val_data, val, val_codes, masks, cfg, imputation, replica)
+        bar.set_postfix(epoch=epoch, val_loss=f"{val_loss:.4f}", refresh=False)
         if val_loss < best[0] - 1e-5:
             best = (val_loss, copy.deepcopy([p.detach().clone() for p in params]), epoch)
         elif epoch - best[2] >= cfg["patience"]:
@@ -292,8 +376,9 @@ def train_reference(
     ----------
     adata
         Labelled reference cells; raw counts preferred (``input_type`` says what ``X`` holds). Not
-        modified. A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is read chunk by chunk and
-        streamed batch by batch, so it need not fit in memory.
+        modified. A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is read chunk by chunk from
+        disk, so it need not fit in memory: peak memory is bounded by a chunk and a validation sample, not
+        by the atlas.
     label_key
         ``obs`` column with the cell-type labels.
     name
@@ -316,7 +401,10 @@ def train_reference(
         recorded in ``config["training"]["dropped_types"]``.
     pretrain_epochs, epochs, patience, batch_size, lr, pretrain_lr
         Autoencoder pretraining epochs per stage; supervised epochs, early-stopping patience on the
-        validation split, minibatch size and learning rates.
+        validation split, minibatch size and learning rates. From ``LARGE_ATLAS`` (50,000) cells an epoch
+        is ``PRETRAIN_CELLS`` (10,000; pretraining) or ``LARGE_ATLAS`` cells' worth of minibatches read in
+        chunks, not a pass over every cell (recorded in
+        ``config["training"]["large_atlas"]``), so training time stops growing with the atlas.
     val_fraction, label_smoothing
         Shuffled validation share for early stopping; smoothing of the one-hot targets.
     mask_max_rate, mask_prob
@@ -359,22 +447,30 @@ def train_reference(
     replica = _replica(distributed)
     rng = _seed_everything(seed)
     atlas = scan_atlas(adata, codes, types, recipe, input_type, replica.shard())
-    data = atlas.streamed() if adata.isbacked else atlas.in_memory()
+    # a backed atlas under LARGE_ATLAS cells fits in memory once its genes are selected; a larger one streams
+    data = atlas.streamed() if adata.isbacked and atlas.n_cells >= LARGE_ATLAS else atlas.in_memory()
     n_types = len(atlas.cell_types)
     dims = hidden_dims or hidden_dims_for(atlas.n_cells)
     net = _SourceNetwork(Encoder(len(atlas.genes), dims), n_types).to(replica.device)
     model = replica.wrap(net)
     cfg = dict(epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
                label_smoothing=label_smoothing, mask_max_rate=mask_max_rate, mask_prob=mask_prob)
-    with progress_bar(total=pretrain_epochs * (len(dims) + 1) + epochs, enabled=progress if replica.rank == 0 else False,
-                      desc=f"training {name}") as bar:
+    show = progress if replica.rank == 0 else False
+    seen = min(atlas.n_cells, LARGE_ATLAS)  # cells an epoch sees
+    pretrain_seen = seen if atlas.n_cells < LARGE_ATLAS else PRETRAIN_CELLS
+    with progress_bar(total=pretrain_epochs * (len(dims) + 1) * pretrain_seen, enabled=show, desc=f"pretraining {name}",
+                      unit="cells", unit_scale=True) as bar:
         _pretrain(net, model, data, pretrain_epochs, batch_size, pretrain_lr, rng, bar, replica)
-        centroids, profiles, products = _cell_statistics(net, data, atlas.codes, n_types, replica)
-        loadings, noise = gene_loadings(products, atlas.n_cells)
-        context = _context_statistics(atlas, loadings, noise, replica)
-        with torch.no_grad():
-            net.centroids.copy_(centroids)
-        imputation = (torch.from_numpy(loadings).to(replica.device), noise)
+    centroids, profiles, products = _cell_statistics(net, data, atlas.codes, n_types, replica)
+    covered = sum(stop - start for start, stop in _covariance_chunks(atlas.n_cells))
+    loadings, noise = gene_loadings(products, covered)
+    context = _context_statistics(atlas, loadings, noise, replica)
+    with torch.no_grad():
+        net.centroids.copy_(centroids)
+    imputation = (torch.from_numpy(loadings).to(replica.device), noise)
+    n_train = seen - _validation_size(atlas.n_cells, val_fraction)
+    with progress_bar(total=epochs * n_train, enabled=show, desc=f"training {name} (at most; stops early)",
+                      unit="cells", unit_scale=True) as bar:
         epochs_run = _supervised(net, model, data, atlas.codes, cfg, imputation, rng, bar, replica)
     net.cpu()
 
@@ -384,6 +480,10 @@ def train_reference(
                     dropped_types=dropped, cells_failing_qc=int((codes >= 0).sum()) - atlas.n_cells,
                     processes=replica.world, device=replica.device.type,
                     torch_cpu_capability=torch.backends.cpu.get_cpu_capability())
+    if atlas.n_cells >= LARGE_ATLAS:  # smaller atlases record what they always did
+        training["large_atlas"] = dict(pretrain_cells_per_stage=pretrain_epochs * PRETRAIN_CELLS, cells_per_epoch=n_train,
+                                       validation_cells=seen - n_train, chunk_cells=CHUNK_CELLS,
+                                       covariance_cells=covered)
     return ItClust.from_parts(
         name=name,
         organism=organism,
