@@ -104,8 +104,8 @@ def name_clusters(result: TransferResult, *, min_confidence: float = 0.5, level:
     genes (it decides renaming). Cells of novel clusters and novel query clusters are labelled
     ``"Unassigned"`` (``novel``); ``nearest_label`` keeps the fine-tuned cluster's type. ``query_cluster`` is
     a cell's own cluster and ``novelty`` one minus that cluster's best correlation with a reference type;
-    ``result.query_clusters`` lists them, with the genes most above their nearest type. ``level="coarse"`` reports labels, probabilities and cluster names at the reference's
-    coarse Cell Ontology level. Why each rule and constant is kept, and the studies it was checked on:
+    ``result.query_clusters`` lists them, with the genes most above their nearest type. ``level="coarse"``
+    reports labels, probabilities and cluster names at the reference's coarse Cell Ontology level. Why each rule and constant is kept, and the studies it was checked on:
     ``benchmarks/RESULTS.md``, "Naming rules".
     """
     evidence = result.evidence

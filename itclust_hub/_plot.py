@@ -60,11 +60,11 @@ def share_text(share: float) -> str:
 
 
 def _title(result) -> str:
-    """First title line of every figure: reference, cells, clusters and how many are novel."""
+    """First title line of every figure: reference, cells, clusters and how many cells are novel."""
     ref = result.provenance.get("reference", "reference")
     novel = result.obs["novel"].to_numpy()
     return (f"{ref} \u2192 query: {len(result.obs):,} cells, {len(result.clusters)} clusters, "
-            f"{int(result.clusters['novel'].sum())} novel ({share_text(novel.mean())} of cells Unassigned)")
+            f"{int(novel.sum()):,} cells novel ({share_text(novel.mean())}, Unassigned)")
 
 
 def _suptitle(fig: Figure, *lines: str, fontsize: float = 12) -> None:
@@ -248,11 +248,8 @@ def plot_confidence(result) -> Figure:
     for i, novel in enumerate(clusters["novel"]):
         if novel:
             ax_score.axhspan(i - 0.5, i + 0.5, color=NOVEL_COLOR, alpha=0.1, linewidth=0)
-            reasons = ["low confidence"] if threshold is not None and clusters["confidence"].iloc[i] < threshold else []
-            closest = clusters["closest_type"].iloc[i]
-            if closest != clusters["nearest_label"].iloc[i]:
-                reasons.append(f"closer to {closest}")
-            ax_score.text(1.01, i, " + ".join(reasons) or "novel", transform=ax_score.get_yaxis_transform(),
+            low = threshold is not None and clusters["confidence"].iloc[i] < threshold
+            ax_score.text(1.01, i, "low confidence" if low else "novel", transform=ax_score.get_yaxis_transform(),
                           va="center", fontsize=8, color=NOVEL_COLOR)
         elif clusters["renamed"].iloc[i]:  # its cells started as another type
             ax_score.text(1.01, i, "renamed by expression", transform=ax_score.get_yaxis_transform(),
