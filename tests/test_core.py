@@ -268,21 +268,19 @@ def test_cross_species_through_orthologs():
 
 
 def test_wrong_tissue_gets_no_pancreatic_label(model):
-    # Blood on a pancreas reference: no cell may get an endocrine, exocrine or stromal type; the reference's
-    # immune types may be given, to cells that carry their markers (T cells: CD3D; monocytes: LYZ), and the
-    # monocytes take the macrophage type.
+    # Blood on a pancreas reference: no cell may get an endocrine, exocrine or stromal type. No query cluster of
+    # blood matches a pancreas type, so (rule 4 of name_clusters) nearly every cell is Unassigned; the nearest
+    # types still say where each population sits: the monocytes (LYZ) nearest the macrophage type.
     pbmc = read("pbmc3k_raw_unlabeled")
     result = model.transfer(pbmc, progress=False)
     assert result.provenance["genes"]["fraction"] > 0.5
     labels = result.labels.to_numpy()
     assert set(labels) <= {"Unassigned", "t_cell", "macrophage", "mast"}, set(labels)
-    assert (labels == "Unassigned").mean() > 0.3
-    assert (labels == "macrophage").any()
-    for label, marker, share in (("t_cell", "CD3D", 0.8), ("macrophage", "LYZ", 0.9)):
-        given = labels == label
-        if given.any():
-            expressed = np.asarray(pbmc[given, marker].X.todense()).ravel() > 0
-            assert expressed.mean() > share, (label, marker, expressed.mean())
+    assert (labels == "Unassigned").mean() > 0.9
+    nearest = result.obs["nearest_label"].to_numpy()
+    assert (nearest == "macrophage").any()
+    lyz = np.asarray(pbmc[nearest == "macrophage", "LYZ"].X.todense()).ravel() > 0
+    assert lyz.mean() > 0.9, lyz.mean()
 
 
 # --- gene alignment -------------------------------------------------------------------------------
