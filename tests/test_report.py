@@ -110,7 +110,7 @@ def test_wrong_tissue_is_made_obvious(tmp_path):
     fig = result.plot_markers(query, model)
     assert isinstance(fig, Figure)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    novel_groups = result.clusters.loc[result.clusters["novel"], "nearest_label"].nunique()  # one row per nearest type
+    novel_groups = result.obs.loc[result.obs["novel"], "nearest_label"].nunique()  # one row per nearest type
     assert all(label.startswith("Unassigned (nearest: ") for label in labels[-novel_groups:])
     assert not any(label.startswith("Unassigned") for label in labels[:-novel_groups])
 
