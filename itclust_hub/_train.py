@@ -8,9 +8,10 @@ only part of the reference genes. Training runs in one process, or data-parallel
 
 An atlas of fewer than ``LARGE_ATLAS`` cells trains in epochs over every cell, minibatches of random rows.
 A larger one trains on samples drawn from all of its cells, so its cost stops growing with its size: each
-pretraining stage sees as many cells as one of a ``PRETRAIN_CELLS``-cell atlas would (the pretraining loss has
+pretraining stage sees as many cells as one of a ``SAMPLE_CELLS``-cell atlas would (the pretraining loss has
 levelled off by then, benchmarks/RESULTS.md), each supervised epoch as many as one of a ``LARGE_ATLAS``-cell
-atlas would, early stopping watches a fixed-size validation sample held in memory, and
+atlas would, and the supervised stage at most as many as ``epochs`` epochs of a ``SAMPLE_CELLS``-cell atlas;
+early stopping watches a fixed-size validation sample held in memory, and
 minibatches come from chunks of ``CHUNK_CELLS`` consecutive cells (chunk order shuffled, rows shuffled within
 a chunk), so a backed atlas is read sequentially and memory is bounded by a chunk. (A backed atlas under
 ``LARGE_ATLAS`` cells is held in memory on its selected genes, as an in-memory one is: that is small.)
@@ -43,7 +44,7 @@ VAL_MASK_RATES = (0.5, 0.9)
 VAL_CHUNK = 4096
 CONTEXT_CHUNK = 1024  # cells per step of the context pass: dense rows over every gene the atlas measures
 LARGE_ATLAS = 50_000  # from this many cells, training counts cells seen instead of epochs over every cell
-PRETRAIN_CELLS = 10_000  # a large atlas pretrains each stage on pretrain_epochs x this many cells (as a 10k atlas)
+SAMPLE_CELLS = 10_000  # a large atlas trains on samples: pretrain_epochs (a stage) or at most epochs x this many cells
 _LISTED = 10  # small cell types an error message names
 
 
@@ -137,13 +138,13 @@ def _validation_size(n_cells: int, val_fraction: float) -> int:
 def _pretrain(net: _SourceNetwork, model: nn.Module, data, epochs: int, batch_size: int, lr: float,
               rng: np.random.Generator, bar, replica: Replica) -> None:
     """Layer-wise then end-to-end denoising autoencoder pretraining (dropout 0.2, MSE, SGD momentum), each
-    stage ``epochs`` epochs over every cell, or over ``PRETRAIN_CELLS`` cells' worth of chunked minibatches."""
+    stage ``epochs`` epochs over every cell, or over ``SAMPLE_CELLS`` cells' worth of chunked minibatches."""
     large = data.n_cells >= LARGE_ATLAS
     stream = _chunked(data, np.arange(data.n_cells), batch_size, rng, replica) if large else None
 
     def batches():
         if large:
-            return _cells(stream, epochs * PRETRAIN_CELLS)
+            return _cells(stream, epochs * SAMPLE_CELLS)
         return itertools.chain.from_iterable(
             _epoch(data, rng.permutation(data.n_cells), batch_size, replica) for _ in range(epochs))
 
@@ -402,8 +403,9 @@ def train_reference(
     pretrain_epochs, epochs, patience, batch_size, lr, pretrain_lr
         Autoencoder pretraining epochs per stage; supervised epochs, early-stopping patience on the
         validation split, minibatch size and learning rates. From ``LARGE_ATLAS`` (50,000) cells an epoch
-        is ``PRETRAIN_CELLS`` (10,000; pretraining) or ``LARGE_ATLAS`` cells' worth of minibatches read in
-        chunks, not a pass over every cell (recorded in
+        is ``SAMPLE_CELLS`` (10,000; pretraining) or ``LARGE_ATLAS`` cells' worth of minibatches read in
+        chunks, not a pass over every cell, and supervised training stops after at most ``epochs`` x
+        ``SAMPLE_CELLS`` cells (recorded in
         ``config["training"]["large_atlas"]``), so training time stops growing with the atlas.
     val_fraction, label_smoothing
         Shuffled validation share for early stopping; smoothing of the one-hot targets.
@@ -457,7 +459,7 @@ def train_reference(
                label_smoothing=label_smoothing, mask_max_rate=mask_max_rate, mask_prob=mask_prob)
     show = progress if replica.rank == 0 else False
     seen = min(atlas.n_cells, LARGE_ATLAS)  # cells an epoch sees
-    pretrain_seen = seen if atlas.n_cells < LARGE_ATLAS else PRETRAIN_CELLS
+    pretrain_seen = seen if atlas.n_cells < LARGE_ATLAS else SAMPLE_CELLS
     with progress_bar(total=pretrain_epochs * (len(dims) + 1) * pretrain_seen, enabled=show, desc=f"pretraining {name}",
                       unit="cells", unit_scale=True) as bar:
         _pretrain(net, model, data, pretrain_epochs, batch_size, pretrain_lr, rng, bar, replica)
@@ -469,20 +471,23 @@ def train_reference(
         net.centroids.copy_(centroids)
     imputation = (torch.from_numpy(loadings).to(replica.device), noise)
     n_train = seen - _validation_size(atlas.n_cells, val_fraction)
-    with progress_bar(total=epochs * n_train, enabled=show, desc=f"training {name} (at most; stops early)",
+    if atlas.n_cells >= LARGE_ATLAS:  # the supervised stage counts cells too
+        cfg["epochs"] = min(epochs, -(-epochs * SAMPLE_CELLS // n_train))
+    with progress_bar(total=cfg["epochs"] * n_train, enabled=show, desc=f"training {name} (at most; stops early)",
                       unit="cells", unit_scale=True) as bar:
         epochs_run = _supervised(net, model, data, atlas.codes, cfg, imputation, rng, bar, replica)
     net.cpu()
 
     context_genes = list(adata.var_names[atlas.context_columns])
-    training = dict(cfg, pretrain_epochs=pretrain_epochs, pretrain_lr=pretrain_lr, epochs_run=epochs_run,
+    training = dict(cfg, epochs=epochs, pretrain_epochs=pretrain_epochs, pretrain_lr=pretrain_lr, epochs_run=epochs_run,
                     seed=seed, label_key=label_key, input_type=atlas.input_type, min_cells_per_type=min_cells_per_type,
                     dropped_types=dropped, cells_failing_qc=int((codes >= 0).sum()) - atlas.n_cells,
                     processes=replica.world, device=replica.device.type,
                     torch_cpu_capability=torch.backends.cpu.get_cpu_capability())
     if atlas.n_cells >= LARGE_ATLAS:  # smaller atlases record what they always did
-        training["large_atlas"] = dict(pretrain_cells_per_stage=pretrain_epochs * PRETRAIN_CELLS, cells_per_epoch=n_train,
-                                       validation_cells=seen - n_train, chunk_cells=CHUNK_CELLS,
+        training["large_atlas"] = dict(pretrain_cells_per_stage=pretrain_epochs * SAMPLE_CELLS, cells_per_epoch=n_train,
+                                       validation_cells=seen - n_train, max_epochs=cfg["epochs"],
+                                       chunk_cells=CHUNK_CELLS,
                                        covariance_cells=covered)
     return ItClust.from_parts(
         name=name,

@@ -41,7 +41,7 @@ def resampled(n_cells: int, seed: int = 0) -> ad.AnnData:
 @pytest.fixture
 def large(monkeypatch):
     monkeypatch.setattr(_train, "LARGE_ATLAS", LARGE)
-    monkeypatch.setattr(_train, "PRETRAIN_CELLS", PRETRAIN)
+    monkeypatch.setattr(_train, "SAMPLE_CELLS", PRETRAIN)
     monkeypatch.setattr(_train, "CHUNK_CELLS", CHUNK)
     monkeypatch.setattr(_atlas, "CHUNK_CELLS", CHUNK)
 
@@ -67,7 +67,16 @@ def test_large_atlas_cost_counts_cells_not_atlas_size(large):
     # the imputation model's covariances from evenly spaced chunks of about LARGE cells (the last one shorter)
     assert LARGE - CHUNK < recorded.pop("covariance_cells") <= LARGE + CHUNK
     assert recorded == dict(pretrain_cells_per_stage=2 * PRETRAIN, cells_per_epoch=750, validation_cells=250,
-                            chunk_cells=CHUNK)
+                            max_epochs=4, chunk_cells=CHUNK)  # 4 x 800 cells would allow 5 epochs of 750
+
+
+def test_large_atlas_supervised_training_stops_after_epochs_times_sample_cells(large, monkeypatch):
+    monkeypatch.setattr(_train, "SAMPLE_CELLS", 300)
+    _, adam, model = _steps(resampled(2000))
+    # 4 epochs x 300 cells = 1,200 cells: two epochs of the 750 cells a 1000-cell atlas trains on
+    assert model.config["training"]["epochs_run"] == model.config["training"]["large_atlas"]["max_epochs"] == 2
+    assert model.config["training"]["epochs"] == 4  # what was asked stays recorded
+    assert 2 * 750 / 256 <= adam <= 2 * 750 / 128 + 2
 
 
 def test_large_backed_atlas_is_read_in_chunks_and_trains_as_in_memory(large, tmp_path, monkeypatch):
@@ -95,7 +104,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import itclust_hub as ih
     from itclust_hub import _train
 
-    _train.LARGE_ATLAS, _train.PRETRAIN_CELLS = 5_000, 5_000
+    _train.LARGE_ATLAS, _train.SAMPLE_CELLS = 5_000, 5_000
     def rss(key):
         with open("/proc/self/status") as status:
             return next(int(line.split()[1]) * 1024 for line in status if line.startswith(key))
