@@ -16,7 +16,7 @@ Methods:
   exists, else one trained on all Baron human cells (``small_types='drop'``), saved under ``--out``.
   Default settings: it stops when fewer than 0.3% of labels change (these resampled queries settle after
   one iteration, being drawn from the reference's own cells).
-- ``itclust-5iter``: the same, forced through five full self-training iterations (``tol=-1, max_iter=5``),
+- ``itclust-5iter``: the same, forced through five full self-training iterations (``fine_tuning={"tol": -1, "max_iter": 5}``),
   the cost of a query that takes longer to settle.
 - ``celltypist-ref-genes``: CellTypist trained on the Baron human cells restricted to the ItClust
   reference's genes (the same input width as ItClust: the fair throughput comparison).
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = DATA_DIR / "baron_human_pancreas.h5ad"
 BUNDLED = ROOT / "itclust_hub" / "references" / "pancreas-human"
 METHODS = ("itclust", "itclust-5iter", "celltypist-ref-genes", "celltypist-all-genes")
-FORCED = {"itclust-5iter": {"tol": -1.0, "max_iter": 5}}  # five full iterations whatever the convergence
+FORCED = {"itclust-5iter": {"fine_tuning": {"tol": -1.0, "max_iter": 5}}}  # five full iterations whatever the convergence
 LABEL_KEY = "cell_type1"
 
 

@@ -17,5 +17,6 @@ from ._preprocess import Recipe
 from ._hub import list_references
 from ._result import TransferResult
 from ._train import train_reference
+from ._transfer import FineTuning
 
-__all__ = ["ItClust", "ItClustError", "ItClustWarning", "Recipe", "TransferResult", "list_references", "name_clusters", "read_query", "train_reference", "__version__"]
+__all__ = ["FineTuning", "ItClust", "ItClustError", "ItClustWarning", "Recipe", "TransferResult", "list_references", "name_clusters", "read_query", "train_reference", "__version__"]

@@ -118,11 +118,14 @@ def check_format(folder: Path, what: str) -> dict:
 def upgrade(config: dict) -> dict:
     """``config`` of an older reference as this client reads it: the one place where older formats are brought
     up to date. Their tensors and gene lists are read as they are (format 1 has no context genes, formats 1
-    and 2 no gene shares: :func:`expected_shapes` and the model treat those as absent)."""
+    and 2 no gene shares: :func:`expected_shapes` and the model treat those as absent); a reference without
+    fine-tuning settings is fine-tuned with the defaults (:class:`~itclust_hub._transfer.FineTuning`)."""
     preprocessing = config.get("preprocessing")
     if isinstance(preprocessing, dict) and "scale_with" in preprocessing:
         # written by references built before transfer(scale=...) decided the scaling; never read
         config = dict(config, preprocessing={k: v for k, v in preprocessing.items() if k != "scale_with"})
+    if "fine_tuning" not in config:  # references before the fine-tuning settings travelled with them
+        config = dict(config, fine_tuning={})
     return config
 
 

@@ -21,7 +21,7 @@ from ._query import MIN_OVERLAP, prepare_query
 from ._query_clusters import query_clusters
 from ._naming import build_result, check_min_confidence
 from ._result import TransferResult
-from ._transfer import fine_tune
+from ._transfer import FineTuning, fine_tune
 
 
 def _library_versions() -> dict:
@@ -37,7 +37,7 @@ class ItClust:
     """
 
     def __init__(self, config: dict, tensors: dict[str, torch.Tensor], genes: dict, labels: dict, source=None):
-        self.config = config
+        self.config = dict(config)
         self.recipe = Recipe.from_dict(config["preprocessing"])
         self.gene_lists = genes  # genes.json as read or assembled: written back unchanged by save_pretrained
         self.genes: list[str] = list(genes["symbols"])
@@ -57,6 +57,7 @@ class ItClust:
         self.context_gene_ids: list[str | None] | None = genes.get("context_ensembl_ids")
         self.context = ({k: tensors[f"context_{k}"] for k in CONTEXT_TENSORS if f"context_{k}" in tensors}
                         if self.context_genes else None)
+        self.fine_tuning = config.get("fine_tuning")  # validated here, on load
         self.source = source or {}
 
     @property
@@ -66,6 +67,17 @@ class ItClust:
     @property
     def organism(self) -> str:
         return self.config["organism"]
+
+    @property
+    def fine_tuning(self) -> FineTuning:
+        """The self-training settings this reference was validated with (``config["fine_tuning"]``), the
+        defaults of :meth:`transfer`; assign a :class:`FineTuning` or a dict of some of its fields to change
+        them (saved by :meth:`save_pretrained`)."""
+        return FineTuning().updated(self.config.get("fine_tuning"))
+
+    @fine_tuning.setter
+    def fine_tuning(self, settings: FineTuning | dict | None) -> None:
+        self.config["fine_tuning"] = FineTuning().updated(settings).to_dict()
 
     def __repr__(self) -> str:
         return (f"ItClust({self.name!r}, organism={self.organism!r}, tissue={self.config['tissue']!r}, "
@@ -93,6 +105,7 @@ class ItClust:
                              "n_context_genes": 0 if context is None else len(context["symbols"])},
             "preprocessing": recipe.to_dict(),
             "training": training,
+            "fine_tuning": FineTuning().to_dict(),
             "library_versions": _library_versions(),
             "metadata": {k: v for k, v in metadata.items() if k != "version"},
         }
@@ -193,17 +206,12 @@ class ItClust:
         orthologs=None,
         min_overlap: float = MIN_OVERLAP,
         scale: str = "auto",
-        tol: float = 0.003,
-        max_iter: int = 30,
-        epochs_per_iter: int = 1,
-        batch_size: int = 256,
-        lr: float = 0.01,
+        fine_tuning: FineTuning | dict | None = None,
         min_confidence: float = 0.5,
         level: str = "fine",
         seed: int = 0,
         device: str = "cpu",
         progress: bool | None = None,
-        max_cells_per_iter: int | None = 50_000,
         memory_budget: int | None = None,
         spill_dir=None,
     ) -> TransferResult:
@@ -249,10 +257,13 @@ class ItClust:
             baseline between datasets, needed across species) or ``"auto"``: ``"reference"`` when the query
             is of the reference's organism and measures at least half of its genes, else ``"own"``. What
             was used is in ``result.provenance["scale"]``.
-        tol, max_iter, epochs_per_iter, batch_size, lr
-            Self-training stops when fewer than ``tol`` of labels change between iterations (checked from
-            the fifth iteration on: ``_transfer.MIN_ITER``), or after ``max_iter`` iterations of
-            ``epochs_per_iter`` epochs.
+        fine_tuning
+            Self-training settings (:class:`~itclust_hub.FineTuning`: ``tol``, ``max_iter``,
+            ``epochs_per_iter``, ``batch_size``, ``lr``, ``max_cells_per_iter``), as a ``FineTuning`` or a
+            dict of the ones to change, e.g. ``{"max_iter": 10}``; default: the reference's own
+            (``model.fine_tuning``, the settings it was validated with). Each iteration trains on at most
+            ``max_cells_per_iter`` cells (default 50,000) drawn at random; queries up to that size train on
+            every cell, as ItClust does.
         min_confidence
             Threshold of the naming step (:func:`itclust_hub.name_clusters`, where its rules are listed): a
             cluster is novel ("Unassigned") when under this share of its cells started self-training with its
@@ -265,10 +276,6 @@ class ItClust:
         seed, device, progress
             Determinism, torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...), and the progress bar
             (default: only on a terminal).
-        max_cells_per_iter
-            Each self-training iteration trains on at most this many cells, drawn at random for the
-            iteration (``None``: all cells); the target distribution, the label changes and the result
-            always use every cell. Queries up to this size are trained on every cell, as ItClust does.
         memory_budget, spill_dir
             Bytes the aligned, log-normalised query may take in memory (default 512 MiB); a larger one is
             written to a temporary folder in ``spill_dir`` (default: the system's) and read back in chunks,
@@ -277,12 +284,9 @@ class ItClust:
         """
         from ._query import ALIGNED_BUDGET_BYTES
 
-        if max_iter < 1:
-            raise ItClustError(f"max_iter must be at least 1, not {max_iter}")
+        settings = self.fine_tuning.updated(fine_tuning)
         check_level(level, self.ontology, self.name)  # before fine-tuning, not after
         check_min_confidence(min_confidence)
-        if max_cells_per_iter is not None and max_cells_per_iter < batch_size:
-            raise ItClustError(f"max_cells_per_iter must be at least batch_size ({batch_size}), not {max_cells_per_iter}")
         try:
             device = torch.device(device)
         except (RuntimeError, TypeError) as err:
@@ -307,11 +311,7 @@ class ItClust:
                     "and that the gene names match (gene_key=, query_organism=)")
             encoder = self._encoder_for(prepared)
             cells = prepared.data.stored_rows() if n_empty else prepared.data
-            outcome = fine_tune(
-                encoder, self.centroids, cells, tol=tol,
-                max_iter=max_iter, epochs_per_iter=epochs_per_iter, batch_size=batch_size, lr=lr, seed=seed,
-                progress=progress, max_cells_per_iter=max_cells_per_iter, device=device,
-            )
+            outcome = fine_tune(encoder, self.centroids, cells, settings, seed=seed, progress=progress, device=device)
             own = query_clusters(cells, prepared.alignment.present, seed=seed)
         finally:
             prepared.data.close()
@@ -328,10 +328,8 @@ class ItClust:
             "reference": self.name, "reference_version": self.config["version"], **self.source,
             "layer": layer, "use_raw": use_raw, **prepared.summary(), "warnings": notes,
             "n_iter": outcome.n_iter, "converged": outcome.converged, "changed": outcome.changed,
-            "settings": {"tol": tol, "max_iter": max_iter, "epochs_per_iter": epochs_per_iter,
-                         "batch_size": batch_size, "lr": lr, "min_confidence": min_confidence,
-                         "level": level, "seed": seed,
-                         "max_cells_per_iter": max_cells_per_iter, "device": str(device)},
+            "settings": {**settings.to_dict(), "min_confidence": min_confidence, "level": level, "seed": seed,
+                         "device": str(device)},
         }
         return build_result(outcome, own, self.cell_types, self.genes, self.type_profiles.numpy(),
                             prepared.alignment.present, adata.obs_names, min_confidence, provenance, prepared.empty,

@@ -1,8 +1,8 @@
 """Target-side fine-tuning (ItClust's target network): start from the source encoder, label the
 target with the source network, re-centre the clusters on the target's own embedding (weighted by the
 source network's certainty), then DEC self-training until fewer than ``tol`` of the labels change between
-iterations (after at least ``MIN_ITER`` iterations). The clusters are named afterwards
-(``_naming.name_clusters``).
+iterations (after at least ``MIN_ITER`` iterations). Its settings travel as one :class:`FineTuning`, whose
+defaults a reference carries in its config. The clusters are named afterwards (``_naming.name_clusters``).
 
 Cost and memory: every iteration makes one ordered pass over all cells (embedding, soft assignment ``q``,
 label changes), in chunks of ``PASS_ROWS`` cells, with the first layer applied to the sparse input
@@ -20,7 +20,7 @@ import contextlib
 import copy
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ._data import ScaledMatrix, torch_csr
+from ._errors import ItClustError
 from ._network import Encoder, kl_loss, soft_assign, target_distribution
 from ._progress import progress_bar
 
@@ -38,6 +39,60 @@ CERTAINTY_POWER = 4  # weight of a cell in its type's starting centroid: source 
 MIN_ITER = 5
 PASS_ROWS = 4096  # cells per chunk of an ordered pass; fixed so that results do not depend on memory settings
 SPARSE_MAX_DENSITY = 0.5  # the first layer runs on the sparse input below this share of nonzeros (measured: sparse wins up to 0.5)
+
+
+@dataclass(frozen=True)
+class FineTuning:
+    """Settings of the target-side self-training. A reference carries the ones it was validated with
+    (``config["fine_tuning"]``, these defaults when absent); ``transfer(fine_tuning=...)`` overrides some.
+
+    Self-training stops when fewer than ``tol`` of the labels change between iterations (checked from the
+    ``MIN_ITER``-th iteration on), or after ``max_iter`` iterations of ``epochs_per_iter`` epochs of
+    minibatches of ``batch_size`` cells, SGD at learning rate ``lr`` (momentum 0.9). Each iteration trains
+    on at most ``max_cells_per_iter`` cells drawn at random for it (``None``: every cell); the target
+    distribution, the label changes and the result always use every cell.
+    """
+
+    tol: float = 0.003
+    max_iter: int = 30
+    epochs_per_iter: int = 1
+    batch_size: int = 256
+    lr: float = 0.01
+    max_cells_per_iter: int | None = 50_000
+
+    def __post_init__(self):
+        numbers = {"tol": (float, int), "lr": (float, int)}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            allowed = numbers.get(field.name, (int,))
+            if (isinstance(value, bool) or not isinstance(value, allowed)) and not (
+                    value is None and field.name == "max_cells_per_iter"):
+                kind = "a number" if field.name in numbers else "an integer"
+                raise ItClustError(f"fine_tuning {field.name} must be {kind}, not {value!r}")
+        for name in ("max_iter", "epochs_per_iter", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ItClustError(f"fine_tuning {name} must be at least 1, not {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ItClustError(f"fine_tuning lr must be positive, not {self.lr}")
+        if self.max_cells_per_iter is not None and self.max_cells_per_iter < self.batch_size:
+            raise ItClustError(f"fine_tuning max_cells_per_iter must be at least batch_size ({self.batch_size}), "
+                               f"not {self.max_cells_per_iter}")
+
+    def updated(self, changes) -> "FineTuning":
+        """These settings with ``changes`` (a :class:`FineTuning`, a dict of some of its fields, or None)."""
+        if changes is None or isinstance(changes, FineTuning):
+            return changes or self
+        if not isinstance(changes, dict):
+            raise ItClustError(f"fine_tuning must be a FineTuning or a dict of its fields, not {type(changes).__name__}")
+        unknown = sorted(set(changes) - {field.name for field in fields(self)})
+        if unknown:
+            raise ItClustError(f"fine_tuning has no setting {', '.join(map(repr, unknown))}; "
+                               f"it has {', '.join(field.name for field in fields(self))}")
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """The settings as stored in a reference's config."""
+        return asdict(self)
 
 
 @dataclass
@@ -181,24 +236,18 @@ def fine_tune(
     encoder: Encoder,
     source_centroids: torch.Tensor,
     data: ScaledMatrix,
+    settings: FineTuning,
     *,
-    tol: float,
-    max_iter: int,
-    epochs_per_iter: int,
-    batch_size: int,
-    lr: float,
     seed: int,
     progress: bool | None,
-    max_cells_per_iter: int | None = None,
     device: str | torch.device = "cpu",
     sparse: bool | None = None,
     workers: int | None = None,
 ) -> FineTuneOutcome:
-    """Run ItClust's target-side self-training on ``data``; the given encoder is not modified.
+    """Run ItClust's target-side self-training on ``data`` with ``settings``; the given encoder is not modified.
 
-    ``max_cells_per_iter`` bounds the cells each iteration trains on (None: all); ``sparse`` forces the
-    sparse or dense first layer in the passes (None: sparse when the input's density is below
-    ``SPARSE_MAX_DENSITY``); ``device`` is any torch device ("cpu", "cuda", "cuda:1").
+    ``sparse`` forces the sparse or dense first layer in the passes (None: sparse when the input's density
+    is below ``SPARSE_MAX_DENSITY``); ``device`` is any torch device ("cpu", "cuda", "cuda:1").
 
     On the CPU, the passes split their chunks over ``workers`` threads (default: ``torch.get_num_threads()``)
     and every torch operation runs single-threaded meanwhile (restored afterwards): the operations are
@@ -209,37 +258,35 @@ def fine_tune(
     on_cpu = device.type == "cpu"
     workers = (torch.get_num_threads() if workers is None else workers) if on_cpu else 1
     with intra_op_threads(1 if on_cpu else None):
-        return _fine_tune(encoder, source_centroids, data, tol=tol, max_iter=max_iter, epochs_per_iter=epochs_per_iter,
-                          batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-                          max_cells_per_iter=max_cells_per_iter, device=device,
+        return _fine_tune(encoder, source_centroids, data, settings, seed=seed, progress=progress, device=device,
                           sparse=data.density < SPARSE_MAX_DENSITY if sparse is None else sparse, workers=workers)
 
 
-def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, epochs_per_iter, batch_size, lr,
-               seed, progress, max_cells_per_iter, device, sparse, workers) -> FineTuneOutcome:
+def _fine_tune(encoder, source_centroids, data: ScaledMatrix, settings: FineTuning, *, seed, progress, device, sparse,
+               workers) -> FineTuneOutcome:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     n = data.n_cells
-    per_iter = n if max_cells_per_iter is None else min(n, max(int(max_cells_per_iter), 1))
+    per_iter = n if settings.max_cells_per_iter is None else min(n, settings.max_cells_per_iter)
     encoder = copy.deepcopy(encoder).to(device)
     passing = dict(sparse=sparse, device=device, workers=workers)
     z, q_source, _ = _pass(encoder, source_centroids.to(device), data, profiles=False, **passing)
     source_codes = q_source.argmax(1).numpy()
     kept = np.unique(source_codes)
     centroids = nn.Parameter(_starting_centroids(z, q_source)[torch.as_tensor(kept)].to(device))
-    opt = _MomentumSGD([*encoder.parameters(), centroids], lr=lr, momentum=0.9)
+    opt = _MomentumSGD([*encoder.parameters(), centroids], lr=settings.lr, momentum=0.9)
     q = soft_assign(z, centroids.detach().cpu())
     last = q.argmax(1).numpy()
     start_codes = kept[last]
     changed, converged, it = [], False, 0
-    with progress_bar(total=max_iter, enabled=progress, desc="fine-tuning") as bar:
-        for it in range(1, max_iter + 1):
+    with progress_bar(total=settings.max_iter, enabled=progress, desc="fine-tuning") as bar:
+        for it in range(1, settings.max_iter + 1):
             p = target_distribution(q)
             del z, q  # not needed until the next pass makes new ones: keep one copy of the per-cell arrays
             subset = None if per_iter >= n else np.sort(rng.permutation(n)[:per_iter])
             view = data if subset is None else data.take(subset)
-            for _ in range(epochs_per_iter):
-                for local, x in view.batches(batch_size, rng):
+            for _ in range(settings.epochs_per_iter):
+                for local, x in view.batches(settings.batch_size, rng):
                     rows = local if subset is None else subset[local]
                     loss = kl_loss(p[torch.as_tensor(rows)].to(device), soft_assign(encoder(x.to(device)), centroids))
                     opt.zero_grad()
@@ -252,7 +299,7 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, *, tol, max_iter, 
             last = labels
             bar.update(1)
             bar.set_postfix(changed=f"{changed[-1]:.4f}")
-            if changed[-1] < tol and it >= MIN_ITER:
+            if changed[-1] < settings.tol and it >= MIN_ITER:
                 converged = True
                 break
     clusters = q.argmax(1).numpy()

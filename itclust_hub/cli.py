@@ -252,7 +252,7 @@ def _plural(n: int, noun: str) -> str:
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed of the fine-tuning.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
 @click.option("--max-iter", type=click.IntRange(min=1),
-              help="Most self-training iterations (default: the library's, 30).")
+              help="Most self-training iterations (default: the reference's, 30 unless it says otherwise).")
 @click.option("--min-confidence", type=click.FloatRange(0, 1),
               help="Least share of a cluster's cells starting as its type, else it is novel (default: 0.5).")
 @click.option("--min-overlap", type=click.FloatRange(0, 1),
@@ -294,9 +294,10 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
     if truth_key is not None and truth_key not in adata.obs.columns:
         raise ItClustError(f"--truth-key {truth_key!r} is not an obs column of {query} "
                            f"(have {', '.join(map(str, adata.obs.columns)) or 'none'})")
-    settings = {key: value for key, value in {"max_iter": max_iter, "min_confidence": min_confidence,
-                                              "min_overlap": min_overlap}.items()
+    settings = {key: value for key, value in {"min_confidence": min_confidence, "min_overlap": min_overlap}.items()
                 if value is not None}
+    if max_iter is not None:
+        settings["fine_tuning"] = {"max_iter": max_iter}
     with warnings.catch_warnings():  # printed below, with the report's
         warnings.simplefilter("ignore", ItClustWarning)
         result = model.transfer(adata, gene_key=gene_key, layer=layer, use_raw=use_raw, input_type=input_type,

@@ -62,10 +62,9 @@ def small_reference(donors=("human1", "human2")):
 def fine_tuned(model, query, *, max_iter: int):
     """``query`` prepared for ``model`` and fine-tuned (test settings): the outcome and the scaled rows, dense."""
     from itclust_hub._query import prepare_query
-    from itclust_hub._transfer import fine_tune
+    from itclust_hub._transfer import FineTuning, fine_tune
 
     data = prepare_query(query, genes=model.genes, gene_ids=model.gene_ids, organism=model.organism,
                          recipe=model.recipe).data
-    outcome = fine_tune(model.encoder, model.centroids, data, tol=0.003, max_iter=max_iter, epochs_per_iter=1,
-                        batch_size=256, lr=0.01, seed=0, progress=False)
+    outcome = fine_tune(model.encoder, model.centroids, data, FineTuning(max_iter=max_iter), seed=0, progress=False)
     return outcome, data.rows(slice(None)).double().numpy()

@@ -99,6 +99,34 @@ def test_round_trip_gives_identical_results(model, query, tmp_path):
     assert loaded.genes == model.genes and loaded.cell_types == model.cell_types
 
 
+def test_fine_tuning_settings_travel_with_the_reference(query, tmp_path):
+    bundled = ih.ItClust.from_pretrained("pancreas-human")  # written before references carried settings
+    assert bundled.fine_tuning == ih.FineTuning()
+    bundled.fine_tuning = {"max_iter": 2}  # the settings a lab validated its reference with
+    bundled.save_pretrained(tmp_path / "ref")
+    assert json.loads((tmp_path / "ref" / "config.json").read_text())["fine_tuning"]["max_iter"] == 2
+    loaded = ih.ItClust.from_pretrained(tmp_path / "ref")
+    assert loaded.fine_tuning == ih.FineTuning(max_iter=2)
+    cells = query[:600].copy()
+    shipped = loaded.transfer(cells, progress=False)
+    assert shipped.provenance["n_iter"] == shipped.provenance["settings"]["max_iter"] == 2
+    assert shipped.provenance["settings"]["tol"] == ih.FineTuning().tol
+    overridden = loaded.transfer(cells, progress=False, fine_tuning={"max_iter": 1})
+    assert overridden.provenance["n_iter"] == 1
+    assert loaded.fine_tuning.max_iter == 2  # an override is for that call only
+    with pytest.raises(ItClustError, match="no setting 'epochs'.*epochs_per_iter"):
+        loaded.transfer(cells, fine_tuning={"epochs": 2})
+    with pytest.raises(ItClustError, match="max_cells_per_iter must be at least batch_size"):
+        loaded.transfer(cells, fine_tuning={"max_cells_per_iter": 10})
+    with pytest.raises(ItClustError, match="max_iter must be an integer"):
+        ih.FineTuning(max_iter=2.5)
+    config = json.loads((tmp_path / "ref" / "config.json").read_text())
+    config["fine_tuning"]["lr"] = -1
+    with pytest.raises(ItClustError, match="lr must be positive"):
+        ih.ItClust(config, loaded.tensors(), loaded.gene_lists, {"cell_types": loaded.cell_types,
+                                                                  "counts": loaded.type_counts})
+
+
 def test_training_is_deterministic_under_a_seed():
     human = read("baron_human_pancreas")
     ref = human[human.obs["donor"] == "human2"].copy()
@@ -341,8 +369,8 @@ def test_scale_auto_picks_reference_statistics_unless_few_genes_or_another_speci
     half = model.genes[: len(model.genes) // 2 - 1]
     assert _scaled(model, query[:50, query.var_names.isin(half)].copy(), "auto")[0] == "own"
     mouse = read("baron_mouse_pancreas")[:300].copy()
-    assert model.transfer(mouse, query_organism="mouse", progress=False, max_iter=1).provenance["scale"] == "own"
-    result = model.transfer(query[:300].copy(), progress=False, max_iter=1, scale="own")
+    assert model.transfer(mouse, query_organism="mouse", progress=False, fine_tuning={"max_iter": 1}).provenance["scale"] == "own"
+    result = model.transfer(query[:300].copy(), progress=False, fine_tuning={"max_iter": 1}, scale="own")
     assert result.provenance["scale"] == "own"
     with pytest.raises(ItClustError, match="scale must be one of"):
         model.transfer(query, scale="query", progress=False)
@@ -475,7 +503,7 @@ def test_a_format_2_reference_without_expression_shares_still_transfers_a_panel(
     old = ih.ItClust.from_pretrained(saved)
     assert old.gene_share is None and "share" not in old.context
     panel = query[:, np.random.default_rng(0).random(query.n_vars) < 0.1].copy()
-    result = old.transfer(panel, progress=False, max_iter=2)
+    result = old.transfer(panel, progress=False, fine_tuning={"max_iter": 2})
     assert result.provenance["context_genes"] > 0 and result.provenance["depth_share"] is None
     _edit_config(saved, lambda c: c.update(format_version=3))  # format 3 requires the shares
     _one_line_error(lambda: ih.ItClust.from_pretrained(saved), "expected")

@@ -181,7 +181,7 @@ def test_self_training_goes_on_past_a_first_iteration_that_changes_few_labels_ac
         return (result.labels.map(lambda label: to_lineage.get(label, label)).to_numpy() == truth)[known].mean()
 
     result = model.transfer(query, progress=False)
-    one = model.transfer(query, max_iter=1, progress=False)
+    one = model.transfer(query, fine_tuning={"max_iter": 1}, progress=False)
     tol = result.provenance["settings"]["tol"]
     assert result.provenance["changed"][0] < tol  # where the stopping rule alone would have stopped
     assert result.provenance["n_iter"] >= MIN_ITER

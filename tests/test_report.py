@@ -182,7 +182,7 @@ def test_marker_dotplot_names_genes_as_the_query_does(mouse):
 def test_marker_names_undo_r_mangled_symbols():
     model = small_model()
     query = subset("pbmc3k_raw_unlabeled", 50)
-    result = model.transfer(query, progress=False, max_iter=1)
+    result = model.transfer(query, progress=False, fine_tuning={"max_iter": 1})
     _, present, names = _plot.query_expression(result, query, model)
     mangled = [i for i, g in enumerate(model.genes) if g.startswith("HLA.")]
     assert mangled and all(names[i] == model.genes[i].replace(".", "-") for i in mangled)  # HLA-DRA, not HLA.DRA

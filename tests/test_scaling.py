@@ -15,7 +15,7 @@ import torch
 import itclust_hub as ih
 from itclust_hub._errors import ItClustError
 from itclust_hub._query import prepare_query
-from itclust_hub._transfer import fine_tune, intra_op_threads
+from itclust_hub._transfer import FineTuning, fine_tune, intra_op_threads
 
 from _data import fine_tuned, read
 
@@ -67,8 +67,8 @@ def _same(a, b, exact: bool = True):
 def test_backed_query_gives_the_in_memory_result(model, query, on_disk):
     backed = ad.read_h5ad(on_disk, backed="r")
     try:
-        a = model.transfer(query, progress=False, max_cells_per_iter=2000)
-        b = model.transfer(backed, progress=False, max_cells_per_iter=2000)
+        a = model.transfer(query, progress=False, fine_tuning={"max_cells_per_iter": 2000})
+        b = model.transfer(backed, progress=False, fine_tuning={"max_cells_per_iter": 2000})
     finally:
         backed.file.close()
     _same(a, b)
@@ -77,7 +77,7 @@ def test_backed_query_gives_the_in_memory_result(model, query, on_disk):
 
 
 def test_memory_bounded_path_gives_the_default_result(model, query, on_disk, tmp_path):
-    default = model.transfer(query, progress=False, max_cells_per_iter=2000)
+    default = model.transfer(query, progress=False, fine_tuning={"max_cells_per_iter": 2000})
     prepared = prepare_query(query, genes=model.genes, gene_ids=model.gene_ids, organism=model.organism,
                              recipe=model.recipe, memory_budget=0, spill_dir=tmp_path)
     assert prepared.data.on_disk and prepared.data._dense is None
@@ -89,7 +89,7 @@ def test_memory_bounded_path_gives_the_default_result(model, query, on_disk, tmp
     assert not list(tmp_path.iterdir()), "the spilled query was not removed"
     backed = ad.read_h5ad(on_disk, backed="r")
     try:
-        bounded = model.transfer(backed, progress=False, max_cells_per_iter=2000, memory_budget=0, spill_dir=tmp_path)
+        bounded = model.transfer(backed, progress=False, fine_tuning={"max_cells_per_iter": 2000}, memory_budget=0, spill_dir=tmp_path)
     finally:
         backed.file.close()
     assert not list(tmp_path.iterdir()), "transfer left its temporary files behind"
@@ -127,12 +127,13 @@ def test_cluster_profiles_match_the_scaled_rows(model, query):
 
 def _sparse_equals_dense(encoder, centroids, data):
     """Fine-tuning with the sparse first layer gives the dense one's result, with any number of workers."""
-    kw = dict(tol=0.005, max_iter=5, epochs_per_iter=1, batch_size=256, lr=0.01, seed=0, progress=False)
-    s = fine_tune(encoder, centroids, data, sparse=True, **kw)
-    d = fine_tune(encoder, centroids, data, sparse=False, **kw)
+    kw = dict(seed=0, progress=False)
+    settings = FineTuning(tol=0.005, max_iter=5)
+    s = fine_tune(encoder, centroids, data, settings, sparse=True, **kw)
+    d = fine_tune(encoder, centroids, data, settings, sparse=False, **kw)
     assert (s.clusters == d.clusters).mean() > 0.995
     np.testing.assert_allclose(s.embedding, d.embedding, atol=1e-3)
-    w = fine_tune(encoder, centroids, data, sparse=True, workers=3, **kw)
+    w = fine_tune(encoder, centroids, data, settings, sparse=True, workers=3, **kw)
     np.testing.assert_array_equal(s.embedding, w.embedding)
 
 
@@ -152,12 +153,12 @@ def test_a_self_training_iteration_costs_about_one_forward_pass(model, query):
     2.3-3.1 with the dense first layer in the passes; 4.4-5.1 when every cell is trained each iteration."""
     data = prepare_query(query, genes=model.genes, gene_ids=model.gene_ids, organism=model.organism,
                          recipe=model.recipe, memory_budget=0).data  # no dense cache: batches densified as needed
-    kw = dict(tol=-1.0, epochs_per_iter=1, batch_size=256, lr=0.01, seed=0, progress=False,
-              max_cells_per_iter=500, workers=1)
+    kw = dict(seed=0, progress=False, workers=1)
 
     def fine_tuning(iterations: int) -> float:
         start = time.perf_counter()
-        out = fine_tune(model.encoder, model.centroids, data, max_iter=iterations, **kw)
+        out = fine_tune(model.encoder, model.centroids, data,
+                        FineTuning(tol=-1.0, max_iter=iterations, max_cells_per_iter=500), **kw)
         assert out.n_iter == iterations
         return time.perf_counter() - start
 
