@@ -21,6 +21,7 @@ import copy
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -181,12 +182,19 @@ def _ordered_map(fn, items, workers: int):
             yield pending.popleft().result()
 
 
+class _Pass(NamedTuple):
+    """What one ordered pass over the cells gives."""
+
+    embedding: torch.Tensor  # cells x latent
+    q: torch.Tensor  # cells x clusters soft assignment
+    delta_sums: np.ndarray  # clusters x genes: sums of the scaled expression's offsets from a zero entry (delta)
+    sizes: np.ndarray  # cells per cluster (a cell belongs to the cluster of its highest soft assignment)
+
+
 def _pass(encoder: Encoder, centroids: torch.Tensor, data: ScaledMatrix, *, sparse: bool, device,
-          profiles: bool = True, workers: int = 1):
-    """One ordered pass: embedding, soft assignment and, with ``profiles``, the per-cluster sums of the scaled
-    expression's offsets from a zero entry (``delta``) and the cluster sizes, as ``(sums, sizes)``; a cell
-    belongs to the cluster of its highest soft assignment. Chunks are processed
-    on ``workers`` threads; the result does not depend on their number."""
+          profiles: bool = True, workers: int = 1) -> _Pass:
+    """One ordered pass: embedding, soft assignment and, with ``profiles``, the per-cluster sums and sizes
+    (zeros without). Chunks are processed on ``workers`` threads; the result does not depend on their number."""
     k = len(centroids)
 
     @torch.no_grad()  # grad mode is per thread: set it in the worker
@@ -213,7 +221,7 @@ def _pass(encoder: Encoder, centroids: torch.Tensor, data: ScaledMatrix, *, spar
         q_all[start:stop] = q
         if part is not None:
             totals = tuple(total + more for total, more in zip(totals, part))
-    return z_all, q_all, totals
+    return _Pass(z_all, q_all, *totals)
 
 
 def _starting_centroids(z: torch.Tensor, q_source: torch.Tensor) -> torch.Tensor:
@@ -270,7 +278,7 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, settings: FineTuni
     per_iter = n if settings.max_cells_per_iter is None else min(n, settings.max_cells_per_iter)
     encoder = copy.deepcopy(encoder).to(device)
     passing = dict(sparse=sparse, device=device, workers=workers)
-    z, q_source, _ = _pass(encoder, source_centroids.to(device), data, profiles=False, **passing)
+    z, q_source, *_ = _pass(encoder, source_centroids.to(device), data, profiles=False, **passing)
     source_codes = q_source.argmax(1).numpy()
     kept = np.unique(source_codes)
     centroids = nn.Parameter(_starting_centroids(z, q_source)[torch.as_tensor(kept)].to(device))
@@ -293,7 +301,7 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, settings: FineTuni
                     loss.backward()
                     opt.step()
             del view, p
-            z, q, cluster_sums = _pass(encoder, centroids.detach(), data, **passing)
+            z, q, sums, sizes = _pass(encoder, centroids.detach(), data, **passing)
             labels = q.argmax(1).numpy()
             changed.append(float(np.mean(labels != last)))
             last = labels
@@ -303,7 +311,6 @@ def _fine_tune(encoder, source_centroids, data: ScaledMatrix, settings: FineTuni
                 converged = True
                 break
     clusters = q.argmax(1).numpy()
-    sums, sizes = cluster_sums
     # the mean of the offsets plus the zero entry is the mean of the scaled expression
     profiles = np.divide(sums + sizes[:, None] * data.zero.numpy().astype(np.float64), sizes[:, None],
                          out=np.zeros_like(sums), where=sizes[:, None] > 0)
