@@ -232,10 +232,53 @@ def worker(args) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def measure(method: str, query: Path, reference: Path, backed: bool, args) -> dict:
-    """Run ``worker`` in a subprocess, polling its RSS; kill it past the memory cap or the timeout."""
+def run_worker(cmd: list[str], *, mem_cap_gb: float, timeout: float, env: dict | None = None,
+               log: Path | None = None) -> dict:
+    """Run a worker command that prints ``RESULT {json}`` (and, as it goes, ``REACHED {json}``) lines,
+    polling the summed resident memory of its process tree, killing it past ``mem_cap_gb`` or ``timeout``
+    seconds; its stderr goes to ``log`` (a file) when given. Returns the status, the wall time, the polled
+    peak, and the last RESULT (else the last REACHED and, on a failure, stderr's last line)."""
     import psutil
 
+    stderr_file = open(log, "w") if log is not None else subprocess.PIPE
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr_file, text=True,
+                                env={**os.environ, **(env or {})})
+    finally:
+        if log is not None:
+            stderr_file.close()
+    tree = psutil.Process(proc.pid)
+    polled, status, start = 0, "ok", time.perf_counter()
+    while proc.poll() is None:
+        try:
+            polled = max(polled, sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)]))
+        except psutil.Error:
+            pass
+        if polled > mem_cap_gb * 2**30:
+            status = "oom"
+        elif time.perf_counter() - start > timeout:
+            status = "timeout"
+        if status != "ok":
+            for p in [*tree.children(recursive=True), tree]:
+                p.kill()
+            break
+        time.sleep(0.05)
+    stdout, stderr = proc.communicate()
+    stderr = log.read_text() if log is not None else stderr
+    row = {"status": status, "wall_seconds": time.perf_counter() - start, "polled_peak_rss": polled}
+    found = {tag: [line[len(tag) + 1:] for line in stdout.splitlines() if line.startswith(tag + " ")]
+             for tag in ("REACHED", "RESULT")}
+    for tag in ("REACHED", "RESULT"):
+        if found[tag]:
+            row.update(json.loads(found[tag][-1]))
+    if not found["RESULT"] and status == "ok":
+        row["status"] = "error"
+        row["error"] = (stderr.strip().splitlines() or ["?"])[-1][:300]
+    return row
+
+
+def measure(method: str, query: Path, reference: Path, backed: bool, args) -> dict:
+    """Run ``worker`` in a subprocess (``run_worker``)."""
     cmd = [sys.executable, __file__, "_worker", "--method", method, "--query", str(query),
            "--reference", str(reference), "--threads", str(args.threads), "--options", args.options]
     if backed:
@@ -243,35 +286,10 @@ def measure(method: str, query: Path, reference: Path, backed: bool, args) -> di
     if args.profile and method.startswith("itclust"):
         mode = "backed" if backed else "memory"
         cmd += ["--profile-to", str(args.out / f"profile-{method}-{query.stem.split('-')[2]}-{mode}.txt")]
-    env = dict(os.environ)
+    env = {}
     if args.code is not None:  # e.g. a git worktree of an older commit, for before/after numbers
-        env["PYTHONPATH"] = os.pathsep.join([str(args.code), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    ps = psutil.Process(proc.pid)
-    polled, status, start = 0, "ok", time.perf_counter()
-    cap = args.mem_cap_gb * 2**30
-    while proc.poll() is None:
-        try:
-            polled = max(polled, ps.memory_info().rss)
-        except psutil.Error:
-            pass
-        if polled > cap:
-            status = "oom"
-        elif time.perf_counter() - start > args.timeout:
-            status = "timeout"
-        if status != "ok":
-            proc.kill()
-            break
-        time.sleep(0.05)
-    stdout, stderr = proc.communicate()
-    row = {"method": method, "status": status, "polled_peak_rss": polled}
-    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    if lines:
-        row.update(json.loads(lines[-1][len("RESULT "):]))
-    elif status == "ok":
-        row["status"] = "error"
-        row["error"] = (stderr.strip().splitlines() or ["?"])[-1][:200]
-    return row
+        env["PYTHONPATH"] = os.pathsep.join([str(args.code), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return {"method": method, **run_worker(cmd, mem_cap_gb=args.mem_cap_gb, timeout=args.timeout, env=env)}
 
 
 def repeated(method: str, query: Path, reference: Path, backed: bool, args) -> dict:

@@ -32,7 +32,6 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -167,42 +166,8 @@ def score_worker(args) -> None:
 
 
 def run(cmd: list[str], log: Path, args, env: dict | None = None) -> dict:
-    """Run ``cmd`` (its stderr, progress bars included, to ``log``), polling the summed RSS of its process
-    tree; kill it past the memory cap or the timeout."""
-    import psutil
-
-    with open(log, "w") as stderr_file:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr_file, text=True,
-                                env={**os.environ, **(env or {})})
-    tree = psutil.Process(proc.pid)
-    polled, status, start = 0, "ok", time.perf_counter()
-    while proc.poll() is None:
-        try:
-            polled = max(polled, sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)]))
-        except psutil.Error:
-            pass
-        if polled > args.mem_cap_gb * 2**30:
-            status = "oom"
-        elif time.perf_counter() - start > args.timeout:
-            status = "timeout"
-        if status != "ok":
-            for p in [*tree.children(recursive=True), tree]:
-                p.kill()
-            break
-        time.sleep(0.2)
-    stdout = proc.communicate()[0]
-    stderr = log.read_text()
-    row = {"status": status, "wall_seconds": time.perf_counter() - start, "polled_peak_rss": polled}
-    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    reached = [line for line in stdout.splitlines() if line.startswith("REACHED ")]
-    if reached:
-        row.update(json.loads(reached[-1][len("REACHED "):]))
-    if lines:
-        row.update(json.loads(lines[-1][len("RESULT "):]))
-    elif status == "ok":
-        row["status"] = "error"
-        row["error"] = (stderr.strip().splitlines() or ["?"])[-1][:300]
-    return row
+    """``scaling.run_worker`` with this run's memory cap and timeout; stderr (progress bars) to ``log``."""
+    return scaling.run_worker(cmd, mem_cap_gb=args.mem_cap_gb, timeout=args.timeout, env=env, log=log)
 
 
 def measure(n_cells: int, atlas: Path, schedule: str, processes: int, args) -> dict:
