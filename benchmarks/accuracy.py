@@ -88,8 +88,9 @@ class ItClustRunner:
         self._models = {}
 
     def __call__(self, pair: splits.Pair, seed: int) -> dict[str, Prediction]:
-        """Transfer the query; return fine-tuned labels, their nearest reference type, and the source
-        network's direct prediction."""
+        """Transfer the query; return fine-tuned labels, the same named without the confidence rule (rule 3
+        of ``name_clusters``: ``min_confidence=0``), their nearest reference type, and the source network's
+        direct prediction."""
         ref_labels = pair.reference.obs[pair.label_key]
         key = (_fingerprint(pair.reference.obs_names, pair.reference.var_names, ref_labels), seed)
         if key not in self._models:
@@ -105,6 +106,8 @@ class ItClustRunner:
         return {
             "itclust-hub": Prediction(labels, flagged=(labels == UNASSIGNED) | low,
                                       confidence=obs["probability"].to_numpy(), provenance=result.provenance),
+            "itclust-hub without rule 3": Prediction(self._ih.name_clusters(result, min_confidence=0).labels.reindex(
+                pair.query.obs_names).astype(str).to_numpy()),
             "itclust-hub nearest": Prediction(obs["nearest_label"].astype(str).to_numpy(), flagged=low),
             "itclust-hub source": Prediction(obs["source_label"].astype(str).to_numpy()),
         }

@@ -12,7 +12,8 @@ Pairs (each query holds cell types its reference lacks; ``PAIRS``):
 
 Per pair and seed: the share of novel cells flagged (labelled "Unassigned"), the share of known cells flagged,
 and the known cells' accuracy with and without the naming step's novel-population rule (rule 4 of
-``itclust_hub.name_clusters``: the query's own clusters no reference type matches). Peers, trained on the
+``itclust_hub.name_clusters``: the query's own clusters no reference type matches) and without its
+confidence rule (rule 3: few of a cluster's cells started as its type; ``min_confidence=0``). Peers, trained on the
 reference over the genes both sides share: CellTypist's own threshold (``mode="prob match"``, p >= 0.5:
 "Unassigned" when no type reaches it); scanpy ``ingest`` and logistic regression have no such output and
 flag nothing. Writes one row per (seed, pair, method) to ``--out``, a markdown table beside it, and the
@@ -87,7 +88,7 @@ _MODELS: dict = {}  # (reference fingerprint, seed) -> trained reference, for pa
 
 def itclust(pair: splits.Pair, seed: int) -> dict[str, np.ndarray]:
     """Train a reference (once per reference and seed), transfer; the labels, and the labels without the
-    novel-population rule."""
+    novel-population rule (rule 4) or without the confidence rule (rule 3: ``min_confidence=0``)."""
     import itclust_hub as ih
 
     labels = pair.reference.obs[pair.label_key]
@@ -101,7 +102,9 @@ def itclust(pair: splits.Pair, seed: int) -> dict[str, np.ndarray]:
     obs = result.obs
     cluster_novel = obs["cluster"].map(result.clusters["novel"]).fillna(True).to_numpy(bool)
     without_rule = np.where(cluster_novel | obs["empty"].to_numpy(bool), UNASSIGNED, obs["nearest_label"].astype(str))
-    return {"itclust-hub": obs["label"].astype(str).to_numpy(), "itclust-hub without rule 4": without_rule}
+    without_confidence = ih.name_clusters(result, min_confidence=0).obs["label"].astype(str).to_numpy()
+    return {"itclust-hub": obs["label"].astype(str).to_numpy(), "itclust-hub without rule 4": without_rule,
+            "itclust-hub without rule 3": without_confidence}
 
 
 def celltypist(pair: splits.Pair, orthologs: pd.DataFrame) -> dict[str, np.ndarray]:

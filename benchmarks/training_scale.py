@@ -13,9 +13,11 @@ Rows (each in a fresh process; the parent polls the resident memory of the proce
 - ``schedule=default``: ``train_reference``'s defaults (from ``LARGE_ATLAS`` cells: cells-counted epochs
   over chunked reads); ``--today N`` adds a row for atlas size N trained with the schedule of small atlases
   (``LARGE_ATLAS`` raised above N), timed in the same run, for the ratio.
-- ``processes=2`` (``--processes 2``, for the sizes in ``--ddp-sizes``): ``torchrun --nproc_per_node=2 -m
-  itclust_hub._distributed`` (gloo, one thread each) against one process with two threads; both times are
-  the whole command (start, reading, training, saving), ``wall_seconds``.
+- ``processes=2`` (``--processes 2``, for the sizes in ``--ddp-sizes``): the command a lab runs,
+  ``itclust-hub train ATLAS ... --processes 2`` (DistributedDataParallel, gloo, ``--threads`` shared between
+  the processes), against one process with ``--threads`` threads. The data-parallel row's time is the whole
+  command (start, reading, training, saving: ``wall_seconds``), the single-process row's the
+  ``train_reference`` call (``seconds``), so the ratio is, if anything, unfavourable to the data-parallel one.
 
 Each single-process row also records the convergence curve (``--curve-csv``): the pretraining loss (MSE)
 averaged over each tenth of every stage, and the validation loss after every supervised epoch.
@@ -178,9 +180,9 @@ def measure(n_cells: int, atlas: Path, schedule: str, processes: int, args) -> d
                "--threads", str(args.threads)] + (["--progress"] if args.progress else [])
         row = run(cmd, reference.with_suffix(".log"), args)
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "itclust_hub._distributed", str(atlas), "--label-key", LABEL_KEY, "--name", "scale",
-               "--organism", "human", "--small-types", "drop", "-o", str(reference), "--force"]
+        cmd = [str(Path(sys.executable).with_name("itclust-hub")), "train", str(atlas), "--label-key", LABEL_KEY,
+               "--name", "scale", "--organism", "human", "--small-types", "drop", "-o", str(reference), "--force",
+               "--processes", str(processes)]
         row = run(cmd, reference.with_suffix(".log"), args, env={"OMP_NUM_THREADS": str(max(args.threads // processes, 1))})
         if row["status"] == "ok":
             scored = run([sys.executable, __file__, "_score", str(reference)], reference.with_suffix(".score.log"), args)
