@@ -233,11 +233,12 @@ def worker(args) -> None:
 
 
 def run_worker(cmd: list[str], *, mem_cap_gb: float, timeout: float, env: dict | None = None,
-               log: Path | None = None) -> dict:
+               log: Path | None = None, prints_result: bool = True) -> dict:
     """Run a worker command that prints ``RESULT {json}`` (and, as it goes, ``REACHED {json}``) lines,
     polling the summed resident memory of its process tree, killing it past ``mem_cap_gb`` or ``timeout``
     seconds; its stderr goes to ``log`` (a file) when given. Returns the status, the wall time, the polled
-    peak, and the last RESULT (else the last REACHED and, on a failure, stderr's last line)."""
+    peak, and the last RESULT (else the last REACHED and, on a failure, stderr's last line). A command that
+    prints no RESULT (``prints_result=False``: a command line of the product) succeeds by its exit status."""
     import psutil
 
     stderr_file = open(log, "w") if log is not None else subprocess.PIPE
@@ -271,7 +272,8 @@ def run_worker(cmd: list[str], *, mem_cap_gb: float, timeout: float, env: dict |
     for tag in ("REACHED", "RESULT"):
         if found[tag]:
             row.update(json.loads(found[tag][-1]))
-    if not found["RESULT"] and status == "ok":
+    failed = proc.returncode != 0 or (prints_result and not found["RESULT"])
+    if failed and status == "ok":
         row["status"] = "error"
         row["error"] = (stderr.strip().splitlines() or ["?"])[-1][:300]
     return row

@@ -167,9 +167,10 @@ def score_worker(args) -> None:
                                   "hidden_dims": model.config["architecture"]["hidden_dims"], **scores(model)}), flush=True)
 
 
-def run(cmd: list[str], log: Path, args, env: dict | None = None) -> dict:
+def run(cmd: list[str], log: Path, args, env: dict | None = None, prints_result: bool = True) -> dict:
     """``scaling.run_worker`` with this run's memory cap and timeout; stderr (progress bars) to ``log``."""
-    return scaling.run_worker(cmd, mem_cap_gb=args.mem_cap_gb, timeout=args.timeout, env=env, log=log)
+    return scaling.run_worker(cmd, mem_cap_gb=args.mem_cap_gb, timeout=args.timeout, env=env, log=log,
+                              prints_result=prints_result)
 
 
 def measure(n_cells: int, atlas: Path, schedule: str, processes: int, args) -> dict:
@@ -183,7 +184,8 @@ def measure(n_cells: int, atlas: Path, schedule: str, processes: int, args) -> d
         cmd = [str(Path(sys.executable).with_name("itclust-hub")), "train", str(atlas), "--label-key", LABEL_KEY,
                "--name", "scale", "--organism", "human", "--small-types", "drop", "-o", str(reference), "--force",
                "--processes", str(processes)]
-        row = run(cmd, reference.with_suffix(".log"), args, env={"OMP_NUM_THREADS": str(max(args.threads // processes, 1))})
+        row = run(cmd, reference.with_suffix(".log"), args, env={"OMP_NUM_THREADS": str(max(args.threads // processes, 1))},
+                  prints_result=False)
         if row["status"] == "ok":
             scored = run([sys.executable, __file__, "_score", str(reference)], reference.with_suffix(".score.log"), args)
             row.update({k: v for k, v in scored.items() if k not in ("status", "wall_seconds", "polled_peak_rss")})
