@@ -152,7 +152,7 @@ def worker(args) -> None:
     model = ih.train_reference(adata, LABEL_KEY, "scale", organism="human", small_types="drop", seed=0,
                                progress=args.progress)
     out = {"seconds": time.perf_counter() - start, "peak_rss": scaling._peak(), "threads": torch.get_num_threads(),
-           "epochs_run": model.config["training"]["epochs_run"], "hidden_dims": model.config["architecture"]["hidden_dims"]}
+           "epochs_run": model.config.training["epochs_run"], "hidden_dims": list(model.config.architecture.hidden_dims)}
     model.save_pretrained(args.reference, force=True)
     out.update(scores(model), curve=curve.rows())
     print("RESULT " + json.dumps(out), flush=True)
@@ -163,8 +163,9 @@ def score_worker(args) -> None:
     import itclust_hub as ih
 
     model = ih.ItClust.from_pretrained(args.reference)
-    print("RESULT " + json.dumps({"epochs_run": model.config["training"]["epochs_run"],
-                                  "hidden_dims": model.config["architecture"]["hidden_dims"], **scores(model)}), flush=True)
+    print("RESULT " + json.dumps({"epochs_run": model.config.training["epochs_run"],
+                                  "hidden_dims": list(model.config.architecture.hidden_dims), **scores(model)}),
+          flush=True)
 
 
 def run(cmd: list[str], log: Path, args, env: dict | None = None, prints_result: bool = True) -> dict:

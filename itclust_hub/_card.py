@@ -136,13 +136,27 @@ def _network_section(config: dict) -> list[str]:
     lines = ["## Network and training", "",
              f"Encoder {config['architecture']['hidden_dims']} (ReLU, tanh bottleneck) with a Student-t clustering "
              f"layer over {config['architecture']['n_types']} centroids."]
-    if "epochs_run" in train:
+    large = train.get("large_atlas")
+    if "epochs_run" in train and large:
+        lines[-1] += (f" A large atlas, trained on samples: denoising-autoencoder pretraining on "
+                      f"{large['pretrain_cells_per_stage']:,} cells per stage, then {train['epochs_run']} of at most "
+                      f"{large['max_epochs']} supervised epochs of {large['cells_per_epoch']:,} cells (KL loss against "
+                      f"labels smoothed by {train['label_smoothing']:g}, early stopping on a "
+                      f"{large['validation_cells']:,}-cell validation sample), read in chunks of "
+                      f"{large['chunk_cells']:,} consecutive cells.")
+    elif "epochs_run" in train:
         lines[-1] += (f" Denoising-autoencoder pretraining {train['pretrain_epochs']} epochs per stage, then "
                       f"{train['epochs_run']} of at most {train['epochs']} supervised epochs (KL loss against labels "
                       f"smoothed by {train['label_smoothing']:g}, early stopping on a {train['val_fraction']:g} "
-                      f"validation split). Gene masking: {train['mask_prob']:g} of batches lose up to "
-                      f"{train['mask_max_rate']:g} of their genes, filled in from the rest as at transfer. "
-                      f"Seed {train['seed']}.")
+                      f"validation split).")
+    if "epochs_run" in train:
+        lines[-1] += (f" Gene masking: {train['mask_prob']:g} of batches lose up to {train['mask_max_rate']:g} of "
+                      f"their genes, filled in from the rest as at transfer. Seed {train['seed']}"
+                      + (f", {train['processes']} processes" if train.get("processes", 1) > 1 else "") + ".")
+    tuning = config.get("fine_tuning")
+    if tuning:
+        lines += ["", "Fine-tuning on a query (`transfer`'s defaults, the settings this reference was validated "
+                  "with): " + ", ".join(f"`{key}={value}`" for key, value in tuning.items()) + "."]
     return lines + [""]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ._artifact import CONTEXT_TENSORS, FORMAT_VERSION, read_reference, write_reference
+from ._artifact import CONTEXT_TENSORS, Architecture, ReferenceConfig, read_reference, write_reference
 from ._card import render_card
 from ._errors import ItClustError, ItClustWarning
 from ._impute import impute_missing
@@ -36,16 +36,17 @@ class ItClust:
     annotate a query with :meth:`transfer`.
     """
 
-    def __init__(self, config: dict, tensors: dict[str, torch.Tensor], genes: dict, labels: dict, source=None):
-        self.config = dict(config)
-        self.recipe = Recipe.from_dict(config["preprocessing"])
+    def __init__(self, config: ReferenceConfig, tensors: dict[str, torch.Tensor], genes: dict, labels: dict,
+                 source=None):
+        self.config = config
+        self.recipe = config.preprocessing
         self.gene_lists = genes  # genes.json as read or assembled: written back unchanged by save_pretrained
         self.genes: list[str] = list(genes["symbols"])
         self.gene_ids: list[str | None] | None = genes.get("ensembl_ids")
         self.cell_types: list[str] = list(labels["cell_types"])
         self.type_counts: list[int] = list(labels["counts"])
         self.ontology: dict[str, dict] | None = labels.get("ontology")  # type -> id, coarse, coarse_id
-        self.encoder = Encoder(len(self.genes), config["architecture"]["hidden_dims"])
+        self.encoder = Encoder(len(self.genes), list(config.architecture.hidden_dims))
         self.encoder.load_state_dict({k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")})
         self.encoder.eval()
         self.centroids = tensors["centroids"]
@@ -57,30 +58,29 @@ class ItClust:
         self.context_gene_ids: list[str | None] | None = genes.get("context_ensembl_ids")
         self.context = ({k: tensors[f"context_{k}"] for k in CONTEXT_TENSORS if f"context_{k}" in tensors}
                         if self.context_genes else None)
-        self.fine_tuning = config.get("fine_tuning")  # validated here, on load
         self.source = source or {}
 
     @property
     def name(self) -> str:
-        return self.config["name"]
+        return self.config.name
 
     @property
     def organism(self) -> str:
-        return self.config["organism"]
+        return self.config.organism
 
     @property
     def fine_tuning(self) -> FineTuning:
-        """The self-training settings this reference was validated with (``config["fine_tuning"]``), the
-        defaults of :meth:`transfer`; assign a :class:`FineTuning` or a dict of some of its fields to change
+        """The self-training settings this reference was validated with (``config.fine_tuning``), the
+        defaults of :meth:`transfer`; assign a :class:`FineTuning`, or a dict of the fields to change, to change
         them (saved by :meth:`save_pretrained`)."""
-        return FineTuning().updated(self.config.get("fine_tuning"))
+        return self.config.fine_tuning
 
     @fine_tuning.setter
     def fine_tuning(self, settings: FineTuning | dict | None) -> None:
-        self.config["fine_tuning"] = FineTuning().updated(settings).to_dict()
+        self.config.fine_tuning = self.config.fine_tuning.updated(settings)
 
     def __repr__(self) -> str:
-        return (f"ItClust({self.name!r}, organism={self.organism!r}, tissue={self.config['tissue']!r}, "
+        return (f"ItClust({self.name!r}, organism={self.organism!r}, tissue={self.config.tissue!r}, "
                 f"{len(self.genes)} genes, {len(self.cell_types)} cell types)")
 
     @classmethod
@@ -92,23 +92,14 @@ class ItClust:
         ``symbols``, ``ensembl_ids`` and their ``mean``, ``std``, ``loadings``, ``noise`` and ``share``;
         ``ontology`` each type's Cell Ontology terms (see :mod:`itclust_hub._ontology`)."""
         context = context if context is not None and len(context["symbols"]) else None
-        config = {
-            "format_version": FORMAT_VERSION,
-            "name": name,
-            "version": metadata.get("version", "1.0.0"),
-            "organism": organism,
-            "tissue": tissue,
-            "n_cells": int(sum(type_counts)),
-            "architecture": {"n_genes": len(genes), "hidden_dims": list(hidden_dims),
-                             "n_types": len(cell_types), "alpha": 1.0,
-                             "n_components": int(gene_loadings.shape[1]),
-                             "n_context_genes": 0 if context is None else len(context["symbols"])},
-            "preprocessing": recipe.to_dict(),
-            "training": training,
-            "fine_tuning": FineTuning().to_dict(),
-            "library_versions": _library_versions(),
-            "metadata": {k: v for k, v in metadata.items() if k != "version"},
-        }
+        config = ReferenceConfig(
+            name=name, version=metadata.get("version", "1.0.0"), organism=organism, tissue=tissue,
+            n_cells=int(sum(type_counts)),
+            architecture=Architecture(n_genes=len(genes), hidden_dims=tuple(hidden_dims), n_types=len(cell_types),
+                                      n_components=int(gene_loadings.shape[1]),
+                                      n_context_genes=0 if context is None else len(context["symbols"])),
+            preprocessing=recipe, training=training, library_versions=_library_versions(),
+            metadata={k: v for k, v in metadata.items() if k != "version"})
         tensors = {f"encoder.{k}": v.detach().clone() for k, v in encoder.state_dict().items()}
         tensors.update(centroids=centroids.detach().clone(), type_profiles=type_profiles.detach().clone(),
                        gene_mean=torch.as_tensor(gene_mean).clone(), gene_std=torch.as_tensor(gene_std).clone(),
@@ -160,7 +151,7 @@ class ItClust:
             self.gene_lists,
             {"cell_types": self.cell_types, "counts": self.type_counts,
              **({"ontology": self.ontology} if self.ontology is not None else {})},
-            str(card if card is not None else render_card(self.config, self.cell_types, self.type_counts,
+            str(card if card is not None else render_card(self.config.to_dict(), self.cell_types, self.type_counts,
                                                           ontology=self.ontology)),
             force=force,
         )
@@ -325,7 +316,7 @@ class ItClust:
         for note in notes:
             warnings.warn(note, ItClustWarning, stacklevel=2)
         provenance = {
-            "reference": self.name, "reference_version": self.config["version"], **self.source,
+            "reference": self.name, "reference_version": self.config.version, **self.source,
             "layer": layer, "use_raw": use_raw, **prepared.summary(), "warnings": notes,
             "n_iter": outcome.n_iter, "converged": outcome.converged, "changed": outcome.changed,
             "settings": {**settings.to_dict(), "min_confidence": min_confidence, "level": level, "seed": seed,

@@ -399,14 +399,14 @@ def train_reference(
         Encoder sizes; default by number of cells as the original ItClust.
     min_cells_per_type, small_types
         Types with fewer cells are refused (``"error"``) or dropped (``"drop"``); dropped types are
-        recorded in ``config["training"]["dropped_types"]``.
+        recorded in ``config.training["dropped_types"]``.
     pretrain_epochs, epochs, patience, batch_size, lr, pretrain_lr
         Autoencoder pretraining epochs per stage; supervised epochs, early-stopping patience on the
         validation split, minibatch size and learning rates. From ``LARGE_ATLAS`` (50,000) cells an epoch
         is ``SAMPLE_CELLS`` (10,000; pretraining) or ``LARGE_ATLAS`` cells' worth of minibatches read in
         chunks, not a pass over every cell, and supervised training stops after at most ``epochs`` x
         ``SAMPLE_CELLS`` cells (recorded in
-        ``config["training"]["large_atlas"]``), so training time stops growing with the atlas.
+        ``config.training["large_atlas"]``), so training time stops growing with the atlas.
     val_fraction, label_smoothing
         Shuffled validation share for early stopping; smoothing of the one-hot targets.
     mask_max_rate, mask_prob

@@ -160,15 +160,15 @@ def info(name, revision, no_card) -> None:
     model = ItClust.from_pretrained(name, revision=revision)
     config, source = model.config, model.source
     rows = [
-        ("name", model.name), ("version", config.get("version")), ("organism", model.organism),
-        ("tissue", config.get("tissue")), ("cells", config.get("n_cells")), ("genes", len(model.genes)),
+        ("name", model.name), ("version", config.version), ("organism", model.organism),
+        ("tissue", config.tissue), ("cells", config.n_cells), ("genes", len(model.genes)),
         ("cell types", f"{len(model.cell_types)}: " + ", ".join(
             f"{t} ({n})" for t, n in zip(model.cell_types, model.type_counts))),
-        ("encoder", config["architecture"]["hidden_dims"]), ("format version", config.get("format_version")),
+        ("encoder", list(config.architecture.hidden_dims)), ("format version", config.format_version),
         ("source", source.get("source")), ("repo", source.get("repo_id")), ("revision", source.get("revision")),
         ("path", source.get("path")),
     ]
-    rows += [(key, value) for key, value in config.get("metadata", {}).items() if isinstance(value, str)]
+    rows += [(key, value) for key, value in config.metadata.items() if isinstance(value, str)]
     for key, value in rows:
         if value is not None:
             click.echo(f"{key + ':':<16}{value}")
@@ -428,10 +428,10 @@ def _train_and_save(adata, label_key, name, out, force, options) -> tuple[list[s
     if dist.is_initialized() and dist.get_rank() > 0:
         return None
     path = model.save_pretrained(out, force=force)
-    processes = model.config["training"]["processes"]
+    processes = model.config.training["processes"]
     lines = [f"Trained {model.name}{f' on {processes} processes' if processes > 1 else ''}: "
-             f"{model.config['n_cells']:,} cells, {len(model.cell_types)} cell types, {len(model.genes):,} genes, "
-             f"encoder {model.config['architecture']['hidden_dims']}, organism {model.organism}",
+             f"{model.config.n_cells:,} cells, {len(model.cell_types)} cell types, {len(model.genes):,} genes, "
+             f"encoder {list(model.config.architecture.hidden_dims)}, organism {model.organism}",
              f"Saved to {path}; check it with `itclust-hub validate {path}`"]
     return lines, [str(w.message) for w in caught if issubclass(w.category, ItClustWarning)]
 
@@ -467,9 +467,9 @@ def validate(folder) -> None:
     config = model.config
     has_card = (Path(folder) / "README.md").is_file()
     missing_card = "" if has_card else "; README.md (model card) is missing, push needs it"
-    click.echo(f"OK {folder}: {model.name} version {config.get('version')}, {model.organism} {config.get('tissue')}, "
+    click.echo(f"OK {folder}: {model.name} version {config.version}, {model.organism} {config.tissue}, "
                f"{len(model.genes):,} genes, {len(model.cell_types)} cell types, encoder "
-               f"{config['architecture']['hidden_dims']}, format version {config['format_version']}{missing_card}")
+               f"{list(config.architecture.hidden_dims)}, format version {config.format_version}{missing_card}")
 
 
 @main.command()

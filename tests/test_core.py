@@ -120,11 +120,8 @@ def test_fine_tuning_settings_travel_with_the_reference(query, tmp_path):
         loaded.transfer(cells, fine_tuning={"max_cells_per_iter": 10})
     with pytest.raises(ItClustError, match="max_iter must be an integer"):
         ih.FineTuning(max_iter=2.5)
-    config = json.loads((tmp_path / "ref" / "config.json").read_text())
-    config["fine_tuning"]["lr"] = -1
     with pytest.raises(ItClustError, match="lr must be positive"):
-        ih.ItClust(config, loaded.tensors(), loaded.gene_lists, {"cell_types": loaded.cell_types,
-                                                                  "counts": loaded.type_counts})
+        loaded.fine_tuning = {"lr": -1}
 
 
 def test_training_is_deterministic_under_a_seed():
@@ -475,6 +472,11 @@ def test_save_refuses_to_overwrite_without_force(model, saved):
     (lambda p: _edit_config(p, lambda c: c["architecture"].update(n_types=3)), "shape"),
     (lambda p: _edit_config(p, lambda c: c["architecture"].update(n_context_genes=5)), "shape"),
     (lambda p: _edit_config(p, lambda c: c.update(format_version=99)), "format version 99"),
+    (lambda p: _edit_config(p, lambda c: c.pop("organism")), "config.json lacks organism"),
+    (lambda p: _edit_config(p, lambda c: c.update(n_cells=-1)), "n_cells must be a non-negative integer"),
+    (lambda p: _edit_config(p, lambda c: c["architecture"].update(hidden_dims=["64"])), "hidden_dims must be"),
+    (lambda p: _edit_config(p, lambda c: c.update(fine_tuning={"max_iter": 0})), "max_iter must be at least 1"),
+    (lambda p: _edit_config(p, lambda c: c.update(surprise=1)), "does not know \\(surprise\\)"),
     (lambda p: _rewrite_json(p, "genes.json", lambda g: g["symbols"].pop()), "checksum"),
 ])
 def test_damaged_reference_folders_are_refused(saved, damage, match):

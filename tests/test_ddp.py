@@ -78,7 +78,7 @@ def test_two_processes_match_single_process_quality(donors, tmp_path):
     assert "Trained ddp-test on 2 processes" in run.stdout
     ddp = ih.ItClust.from_pretrained(tmp_path / "ddp")
     single = ih.train_reference(atlas, "cell_type1", "single", **SETTINGS)
-    assert ddp.config["training"]["processes"] == 2 and single.config["training"]["processes"] == 1
+    assert ddp.config.training["processes"] == 2 and single.config.training["processes"] == 1
     # statistics summed across the processes' chunks select the same genes and types
     assert ddp.genes == single.genes and ddp.cell_types == single.cell_types
     np.testing.assert_allclose(ddp.type_profiles.numpy(), single.type_profiles.numpy(), atol=1e-4)

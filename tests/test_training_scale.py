@@ -63,7 +63,7 @@ def test_large_atlas_cost_counts_cells_not_atlas_size(large):
     # chunk; 4 epochs of the 750 cells a 1000-cell atlas trains on (250 validate)
     assert 3 * 2 * PRETRAIN / 256 <= one[0] <= 3 * 2 * PRETRAIN / 128 + 3
     assert 4 * 750 / 256 <= one[1] <= 4 * 750 / 128 + 4
-    recorded = dict(two[2].config["training"]["large_atlas"])
+    recorded = dict(two[2].config.training["large_atlas"])
     # the imputation model's covariances from evenly spaced chunks of about LARGE cells (the last one shorter)
     assert LARGE - CHUNK < recorded.pop("covariance_cells") <= LARGE + CHUNK
     assert recorded == dict(pretrain_cells_per_stage=2 * PRETRAIN, cells_per_epoch=750, validation_cells=250,
@@ -74,8 +74,8 @@ def test_large_atlas_supervised_training_stops_after_epochs_times_sample_cells(l
     monkeypatch.setattr(_train, "SAMPLE_CELLS", 300)
     _, adam, model = _steps(resampled(2000))
     # 4 epochs x 300 cells = 1,200 cells: two epochs of the 750 cells a 1000-cell atlas trains on
-    assert model.config["training"]["epochs_run"] == model.config["training"]["large_atlas"]["max_epochs"] == 2
-    assert model.config["training"]["epochs"] == 4  # what was asked stays recorded
+    assert model.config.training["epochs_run"] == model.config.training["large_atlas"]["max_epochs"] == 2
+    assert model.config.training["epochs"] == 4  # what was asked stays recorded
     assert 2 * 750 / 256 <= adam <= 2 * 750 / 128 + 2
 
 

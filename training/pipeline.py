@@ -13,7 +13,7 @@ from pathlib import Path
 import anndata as ad
 
 import itclust_hub as ih
-from itclust_hub._artifact import REFERENCE_FILES
+from itclust_hub._artifact import REFERENCE_FILES, ReferenceConfig
 from itclust_hub._card import render_card
 from itclust_hub._errors import ItClustError
 from itclust_hub._evaluate import evaluate_transfer, held_out
@@ -150,13 +150,13 @@ def build(recipe: BuildRecipe, out: Path | None = None, force: bool = False, dat
     log(f"{recipe.name}: {atlas.n_obs} cells x {atlas.n_vars} genes from {recipe.spec['data']['file']}")
     with intra_op_threads(TORCH_THREADS):
         model = fit(recipe, atlas, progress)
-    dropped = model.config["training"]["dropped_types"]
-    log(f"fitted on all cells in {time.perf_counter() - start:.0f} s: {model.config['n_cells']} cells, "
-        f"{len(model.cell_types)} types, {len(model.genes)} genes, {model.config['training']['epochs_run']} epochs"
+    dropped = model.config.training["dropped_types"]
+    log(f"fitted on all cells in {time.perf_counter() - start:.0f} s: {model.config.n_cells} cells, "
+        f"{len(model.cell_types)} types, {len(model.genes)} genes, {model.config.training['epochs_run']} epochs"
         + (f"; dropped types: {', '.join(f'{t} ({n})' for t, n in dropped.items())}" if dropped else ""))
     with intra_op_threads(TORCH_THREADS):
         evaluation = evaluate(recipe, atlas, model, data_dir, log)
-    card = render_card(model.config, model.cell_types, model.type_counts, evaluation,
+    card = render_card(model.config.to_dict(), model.cell_types, model.type_counts, evaluation,
                        genes={"ensembl_ids": model.gene_ids}, ontology=model.ontology, notes=recipe.spec["labels"]["notes"])
     folder = model.save_pretrained(target, force=force, card=card)
     if bundled:
@@ -178,8 +178,8 @@ def verify(recipe: BuildRecipe, folder: Path | None = None, data_dir: Path = DAT
     """Refit the reference (no evaluation) and compare it with ``folder`` (default: the bundled one).
 
     Returns check -> (passed, what was found) for genes.json and labels.json (the same bytes),
-    model.safetensors (every tensor within ``WEIGHT_TOLERANCE``), config.json (the same apart from
-    ``MACHINE_FIELDS``) and the labels both give the recipe's first cross-dataset query (the same on every
+    model.safetensors (every tensor within ``WEIGHT_TOLERANCE``), config.json (as read, the same apart
+    from ``MACHINE_FIELDS``) and the labels both give the recipe's first cross-dataset query (the same on every
     cell). The card also needs the evaluation, which ``build`` reruns. ``scratch`` is a folder for the refit.
     """
     import tempfile
@@ -218,9 +218,15 @@ def _compare_file(refit: Path, bundled: Path) -> tuple[bool, str]:
         worst = max(float(np.abs(new[k] - old[k]).max() / max(np.abs(old[k]).max(), 1e-30)) for k in old if old[k].size)
         return worst <= WEIGHT_TOLERANCE, f"largest difference {worst:.1e} of a tensor's largest value (tolerance {WEIGHT_TOLERANCE:g})"
     if refit.name == "config.json":
-        new, old = (_without_machine_fields(json.loads(path.read_text())) for path in (refit, bundled))
+        new, old = (_without_machine_fields(_config_as_read(path)) for path in (refit, bundled))
         return new == old, f"{'the same' if new == old else 'DIFFERENT'} apart from {', '.join(MACHINE_FIELDS)}"
     return False, "DIFFERENT"
+
+
+def _config_as_read(path: Path) -> dict:
+    """``config.json`` as the client reads it: an older format brought up to date (e.g. the default fine-tuning
+    settings of a reference written before it carried them), in its JSON form."""
+    return json.loads(json.dumps(ReferenceConfig.from_dict(json.loads(path.read_text()), str(path)).to_dict()))
 
 
 def _without_machine_fields(config: dict) -> dict:
