@@ -187,6 +187,24 @@ def _read_json(path: Path) -> dict:
 CONTEXT_TENSORS = ("mean", "std", "loadings", "noise", "share")  # stored as context_<name> when a reference has context genes
 
 
+def join_tensors(encoder_state: dict[str, torch.Tensor], parts: dict[str, torch.Tensor | None],
+                 context: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The tensors as ``model.safetensors`` stores them: the encoder's as ``encoder.<name>``, each part (centroids,
+    type profiles, gene statistics; None: absent) under its name, the context genes' as ``context_<name>``."""
+    tensors = {f"encoder.{name}": value for name, value in encoder_state.items()}
+    tensors.update({name: value for name, value in parts.items() if value is not None})
+    tensors.update({f"context_{name}": value for name, value in (context or {}).items()})
+    return tensors
+
+
+def split_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict, dict, dict | None]:
+    """:func:`join_tensors` undone: the encoder's state dict, the parts, the context tensors (None without)."""
+    encoder = {name[len("encoder."):]: value for name, value in tensors.items() if name.startswith("encoder.")}
+    context = {name[len("context_"):]: value for name, value in tensors.items() if name.startswith("context_")}
+    parts = {name: value for name, value in tensors.items() if not name.startswith(("encoder.", "context_"))}
+    return encoder, parts, context or None
+
+
 def check_format(folder: Path, what: str) -> dict:
     """Read ``folder/config.json`` and refuse a reference whose ``format_version`` this client cannot read.
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from ._artifact import CONTEXT_TENSORS, Architecture, ReferenceConfig, read_reference, write_reference
+from ._artifact import (CONTEXT_TENSORS, Architecture, ReferenceConfig, join_tensors, read_reference, split_tensors,
+                        write_reference)
 from ._card import render_card
 from ._errors import ItClustError, ItClustWarning
 from ._impute import impute_missing
@@ -46,18 +47,17 @@ class ItClust:
         self.cell_types: list[str] = list(labels["cell_types"])
         self.type_counts: list[int] = list(labels["counts"])
         self.ontology: dict[str, dict] | None = labels.get("ontology")  # type -> id, coarse, coarse_id
+        encoder_state, parts, context = split_tensors(tensors)
         self.encoder = Encoder(len(self.genes), list(config.architecture.hidden_dims))
-        self.encoder.load_state_dict({k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")})
+        self.encoder.load_state_dict(encoder_state)
         self.encoder.eval()
-        self.centroids = tensors["centroids"]
-        self.type_profiles = tensors["type_profiles"]
-        self.gene_mean, self.gene_std = tensors["gene_mean"], tensors["gene_std"]
-        self.gene_loadings, self.gene_noise = tensors["gene_loadings"], tensors["gene_noise"]
-        self.gene_share = tensors.get("gene_share")  # None in references of format 1 and 2
+        self.centroids, self.type_profiles = parts["centroids"], parts["type_profiles"]
+        self.gene_mean, self.gene_std = parts["gene_mean"], parts["gene_std"]
+        self.gene_loadings, self.gene_noise = parts["gene_loadings"], parts["gene_noise"]
+        self.gene_share = parts.get("gene_share")  # None in references of format 1 and 2
         self.context_genes: list[str] = list(genes.get("context_symbols", []))
         self.context_gene_ids: list[str | None] | None = genes.get("context_ensembl_ids")
-        self.context = ({k: tensors[f"context_{k}"] for k in CONTEXT_TENSORS if f"context_{k}" in tensors}
-                        if self.context_genes else None)
+        self.context = context if self.context_genes else None  # mean, std, loadings, noise (and share)
         self.source = source or {}
 
     @property
@@ -100,28 +100,25 @@ class ItClust:
                                       n_context_genes=0 if context is None else len(context["symbols"])),
             preprocessing=recipe, training=training, library_versions=_library_versions(),
             metadata={k: v for k, v in metadata.items() if k != "version"})
-        tensors = {f"encoder.{k}": v.detach().clone() for k, v in encoder.state_dict().items()}
-        tensors.update(centroids=centroids.detach().clone(), type_profiles=type_profiles.detach().clone(),
-                       gene_mean=torch.as_tensor(gene_mean).clone(), gene_std=torch.as_tensor(gene_std).clone(),
-                       gene_loadings=torch.as_tensor(gene_loadings).clone(),
-                       gene_noise=torch.tensor(gene_noise, dtype=torch.float32),
-                       gene_share=torch.as_tensor(gene_share, dtype=torch.float32).clone())
+        parts = dict(centroids=centroids.detach().clone(), type_profiles=type_profiles.detach().clone(),
+                     gene_mean=torch.as_tensor(gene_mean).clone(), gene_std=torch.as_tensor(gene_std).clone(),
+                     gene_loadings=torch.as_tensor(gene_loadings).clone(),
+                     gene_noise=torch.tensor(gene_noise, dtype=torch.float32),
+                     gene_share=torch.as_tensor(gene_share, dtype=torch.float32).clone())
         gene_lists = {"symbols": genes, "ensembl_ids": gene_ids}
         if context is not None:
-            tensors.update({f"context_{k}": torch.as_tensor(context[k], dtype=torch.float32).clone() for k in CONTEXT_TENSORS})
             gene_lists.update(context_symbols=context["symbols"], context_ensembl_ids=context["ensembl_ids"])
-        return cls(config, tensors, gene_lists, {"cell_types": cell_types, "counts": type_counts, "ontology": ontology})
+            context = {k: torch.as_tensor(context[k], dtype=torch.float32).clone() for k in CONTEXT_TENSORS}
+        encoder_state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+        return cls(config, join_tensors(encoder_state, parts, context), gene_lists,
+                   {"cell_types": cell_types, "counts": type_counts, "ontology": ontology})
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The weights as they are stored in ``model.safetensors``."""
-        out = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
-        out.update(centroids=self.centroids, type_profiles=self.type_profiles, gene_mean=self.gene_mean,
-                   gene_std=self.gene_std, gene_loadings=self.gene_loadings, gene_noise=self.gene_noise)
-        if self.gene_share is not None:
-            out["gene_share"] = self.gene_share
-        if self.context is not None:
-            out.update({f"context_{k}": v for k, v in self.context.items()})
-        return out
+        return join_tensors(self.encoder.state_dict(), dict(
+            centroids=self.centroids, type_profiles=self.type_profiles, gene_mean=self.gene_mean,
+            gene_std=self.gene_std, gene_loadings=self.gene_loadings, gene_noise=self.gene_noise,
+            gene_share=self.gene_share), self.context)
 
     def _panel_inputs(self) -> dict:
         """:func:`~itclust_hub._query.prepare_query`'s ``context`` and ``shares`` for this reference (None where
