@@ -195,7 +195,7 @@ class ItClust:
         min_overlap: float = MIN_OVERLAP,
         scale: str = "auto",
         fine_tuning: FineTuning | dict | None = None,
-        min_confidence: float = 0.5,
+        min_confidence: float = 0.0,
         level: str = "fine",
         seed: int = 0,
         device: str = "cpu",
@@ -253,9 +253,10 @@ class ItClust:
             ``max_cells_per_iter`` cells (default 50,000) drawn at random; queries up to that size train on
             every cell, as ItClust does.
         min_confidence
-            Threshold of the naming step (:func:`itclust_hub.name_clusters`, where its rules are listed): a
-            cluster is novel ("Unassigned") when under this share of its cells started self-training with its
-            type. ``name_clusters(result, ...)`` applies another threshold or level without fine-tuning.
+            Threshold of the naming step's confidence rule (:func:`itclust_hub.name_clusters`, where its rules
+            are listed): a cluster is novel ("Unassigned") when under this share of its cells started
+            self-training with its type; 0 (default) turns the rule off, 0.5 is ItClust's original.
+            ``name_clusters(result, ...)`` applies another threshold or level without fine-tuning.
         level
             ``"fine"``: the reference's own types; ``"coarse"``: their coarse parents from the reference's
             Cell Ontology terms (``CD4 T`` for naive and memory CD4 T cells; probabilities summed). When the

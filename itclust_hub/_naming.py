@@ -77,7 +77,7 @@ def build_result(outcome, query: QueryClusters, cell_types: list[str], genes: li
     return name_clusters(unnamed, min_confidence=min_confidence, level=level)
 
 
-def name_clusters(result: TransferResult, *, min_confidence: float = 0.5, level: str = "fine") -> TransferResult:
+def name_clusters(result: TransferResult, *, min_confidence: float = 0.0, level: str = "fine") -> TransferResult:
     """Name the clusters of a transfer's ``result`` again, with these thresholds or at this ``level``; a new
     :class:`TransferResult` (``result`` is not modified; its embedding and evidence are shared). No fine-tuning
     is repeated: ``ItClust.transfer(...)`` followed by ``name_clusters(result, min_confidence=0.8)`` is
@@ -93,7 +93,9 @@ def name_clusters(result: TransferResult, *, min_confidence: float = 0.5, level:
        :func:`informative_genes` (``renamed``).
     3. **Confidence.** Its ``confidence`` is the share of its cells that started with its type (ItClust's
        share of labels kept); below ``min_confidence`` it is novel (renamed clusters excepted: their cells
-       started as another type by construction).
+       started as another type by construction). Off by default (0): on every novel-type and cross-study
+       pair measured it flagged no novel population that rule 4 missed, and it flagged a known cell line
+       (``min_confidence=0.5`` is ItClust's original threshold).
     4. **Novel population.** The query's own clusters (its structure alone: ``_query_clusters``) are compared
        with the reference types: one whose mean expression (the query scaled with its own statistics)
        correlates with no type's at ``NOVEL_SIMILARITY`` or more over every measured gene is novel, whatever

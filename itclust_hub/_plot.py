@@ -155,7 +155,7 @@ def plot_umap(result, *, coords: np.ndarray | None = None, seed: int = 0) -> Fig
                                  c=confidence[mask], cmap="RdYlBu", vmin=0, vmax=1, marker=marker,
                                  linewidths=0 if marker == "o" else 0.8, rasterized=True)
     bar = fig.colorbar(points, ax=ax_conf, shrink=0.8, label="cluster confidence (share that started as its type)")
-    threshold = result.provenance.get("settings", {}).get("min_confidence")
+    threshold = result.provenance.get("settings", {}).get("min_confidence") or None  # 0: the rule is off
     if threshold is not None:
         bar.ax.axhline(threshold, color="black", linewidth=1.5)
     ax_conf.legend([Line2D([], [], marker=m, linestyle="", color="#444444", markersize=6) for m in ("o", "x")],
@@ -241,7 +241,7 @@ def plot_confidence(result) -> Figure:
                   label="confidence (share that started as its type)")
     ax_score.barh(y + height / 2, clusters["similarity"], height, color=SIMILARITY_COLOR,
                   label="similarity (correlation with its type)")
-    threshold = settings.get("min_confidence")
+    threshold = settings.get("min_confidence") or None  # 0: the rule is off
     if threshold is not None:
         ax_score.axvline(threshold, color=CONFIDENCE_COLOR, linestyle="--", linewidth=1.4,
                          label=f"novel if confidence < {threshold:g}")

@@ -105,16 +105,19 @@ def warnings(result) -> list[str]:
 
 
 def novel_text(result) -> str:
-    """How many cells are novel, and why: fine-tuned clusters of low confidence, query clusters no type matches."""
-    clusters = result.clusters[result.clusters["novel"]]
-    text = (f"{int(result.obs['novel'].sum()):,} cells labelled {UNASSIGNED}: "
-            f"{len(clusters)} of {len(result.clusters)} clusters of low confidence")
+    """How many cells are novel, and why: query clusters no type matches, and fine-tuned clusters of low
+    confidence where that rule is on (``min_confidence`` above 0)."""
+    reasons = []
     if result.query_clusters is not None:
         own = result.query_clusters[result.query_clusters["novel"]]
-        text += (f"; {len(own)} of {len(result.query_clusters)} query clusters no reference type matches"
-                 + (" (nearest: " + ", ".join(f"{t} ({n:,} cells)" for t, n in zip(own["nearest_type"], own["size"]))
-                    + ")" if len(own) else ""))
-    return text
+        reasons.append(f"{len(own)} of {len(result.query_clusters)} query clusters no reference type matches"
+                       + (" (nearest: " + ", ".join(f"{t} ({n:,} cells)" for t, n in zip(own["nearest_type"], own["size"]))
+                          + ")" if len(own) else ""))
+    if result.provenance.get("settings", {}).get("min_confidence"):
+        clusters = result.clusters[result.clusters["novel"]]
+        reasons.append(f"{len(clusters)} of {len(result.clusters)} clusters of low confidence")
+    text = f"{int(result.obs['novel'].sum()):,} cells labelled {UNASSIGNED}"
+    return text + (": " + "; ".join(reasons) if reasons else "")
 
 
 def label_counts(result) -> pd.DataFrame:
