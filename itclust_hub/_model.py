@@ -195,7 +195,7 @@ class ItClust:
         min_overlap: float = MIN_OVERLAP,
         scale: str = "auto",
         fine_tuning: FineTuning | dict | None = None,
-        min_confidence: float = 0.0,
+        min_confidence: float | None = None,
         level: str = "fine",
         seed: int = 0,
         device: str = "cpu",
@@ -255,7 +255,8 @@ class ItClust:
         min_confidence
             Threshold of the naming step's confidence rule (:func:`itclust_hub.name_clusters`, where its rules
             are listed): a cluster is novel ("Unassigned") when under this share of its cells started
-            self-training with its type; 0 (default) turns the rule off, 0.5 is ItClust's original.
+            self-training with its type (0.5: ItClust's; 0: never). Default: 0.5 for a query of another organism,
+            off for one of the reference's, where the query's own clusters find novel populations.
             ``name_clusters(result, ...)`` applies another threshold or level without fine-tuning.
         level
             ``"fine"``: the reference's own types; ``"coarse"``: their coarse parents from the reference's

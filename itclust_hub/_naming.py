@@ -22,6 +22,7 @@ from ._result import TransferResult
 INFORMATIVE_GENES = 500  # genes a cluster's similarity to a reference type is measured on
 RENAME_SIMILARITY = 0.5  # least similarity to the closest type for a cluster to take that type
 NOVEL_SIMILARITY = 0.5  # a query cluster matching no reference type this well (every measured gene) is novel
+CROSS_SPECIES_CONFIDENCE = 0.5  # rule 3's default for a query of another organism (ItClust's); within one: off
 TOP_GENES = 5  # genes listed per query cluster: most above its nearest reference type
 
 
@@ -48,7 +49,7 @@ class ClusterEvidence:
 
 
 def build_result(outcome, query: QueryClusters, cell_types: list[str], genes: list[str], type_profiles: np.ndarray,
-                 present: np.ndarray, obs_names, min_confidence: float, provenance: dict,
+                 present: np.ndarray, obs_names, min_confidence: float | None, provenance: dict,
                  empty: np.ndarray | None = None, *, same_organism: bool = True, ontology: dict | None = None,
                  level: str = "fine") -> TransferResult:
     """The :class:`TransferResult` of a fine-tuning ``outcome`` and the ``query``'s own clusters: its evidence,
@@ -77,7 +78,8 @@ def build_result(outcome, query: QueryClusters, cell_types: list[str], genes: li
     return name_clusters(unnamed, min_confidence=min_confidence, level=level)
 
 
-def name_clusters(result: TransferResult, *, min_confidence: float = 0.0, level: str = "fine") -> TransferResult:
+def name_clusters(result: TransferResult, *, min_confidence: float | None = None,
+                  level: str = "fine") -> TransferResult:
     """Name the clusters of a transfer's ``result`` again, with these thresholds or at this ``level``; a new
     :class:`TransferResult` (``result`` is not modified; its embedding and evidence are shared). No fine-tuning
     is repeated: ``ItClust.transfer(...)`` followed by ``name_clusters(result, min_confidence=0.8)`` is
@@ -93,9 +95,11 @@ def name_clusters(result: TransferResult, *, min_confidence: float = 0.0, level:
        :func:`informative_genes` (``renamed``).
     3. **Confidence.** Its ``confidence`` is the share of its cells that started with its type (ItClust's
        share of labels kept); below ``min_confidence`` it is novel (renamed clusters excepted: their cells
-       started as another type by construction). Off by default (0): on every novel-type and cross-study
-       pair measured it flagged no novel population that rule 4 missed, and it flagged a known cell line
-       (``min_confidence=0.5`` is ItClust's original threshold).
+       started as another type by construction). By default (``min_confidence=None``) it applies across
+       species only, at ``CROSS_SPECIES_CONFIDENCE`` (0.5, ItClust's threshold), where rule 4 does not: within
+       a species it flagged no novel cell that rule 4 missed on any pair measured, and flagged a known cell
+       line; across species it is the only rule that finds a novel population. A number applies it to any
+       query (0: never).
     4. **Novel population.** The query's own clusters (its structure alone: ``_query_clusters``) are compared
        with the reference types: one whose mean expression (the query scaled with its own statistics)
        correlates with no type's at ``NOVEL_SIMILARITY`` or more over every measured gene is novel, whatever
@@ -116,6 +120,8 @@ def name_clusters(result: TransferResult, *, min_confidence: float = 0.0, level:
                            "ItClust.transfer returned")
     check_min_confidence(min_confidence)
     check_level(level, evidence.ontology, result.provenance.get("reference", "this"))
+    if min_confidence is None:
+        min_confidence = 0.0 if evidence.same_organism else CROSS_SPECIES_CONFIDENCE
     clusters, cluster_types = _name(evidence, min_confidence)
     query_clusters = _name_query_clusters(evidence)
     names = np.asarray(evidence.cell_types, dtype=object)
@@ -144,9 +150,9 @@ def name_clusters(result: TransferResult, *, min_confidence: float = 0.0, level:
     return at_level(named, evidence.ontology, level)
 
 
-def check_min_confidence(min_confidence: float) -> None:
-    """Refuse a ``min_confidence`` that is not a share (0 to 1)."""
-    if not 0 <= min_confidence <= 1:
+def check_min_confidence(min_confidence: float | None) -> None:
+    """Refuse a ``min_confidence`` that is not a share (0 to 1) or None (the default)."""
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
         raise ItClustError(f"min_confidence must be between 0 and 1, not {min_confidence}")
 
 

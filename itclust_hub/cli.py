@@ -254,7 +254,8 @@ def _plural(n: int, noun: str) -> str:
 @click.option("--max-iter", type=click.IntRange(min=1),
               help="Most self-training iterations (default: the reference's, 30 unless it says otherwise).")
 @click.option("--min-confidence", type=click.FloatRange(0, 1),
-              help="Least share of a cluster's cells starting as its type, else it is novel (default: 0, off; ItClust's: 0.5).")
+              help="Least share of a cluster's cells starting as its type, else it is novel (default: 0.5 for a query of "
+              "another organism, off for one of the reference's).")
 @click.option("--min-overlap", type=click.FloatRange(0, 1),
               help="Least share of the reference's genes the query must measure (default: 0.02).")
 @click.option("--tables", type=click.Path(file_okay=False, path_type=Path),

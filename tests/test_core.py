@@ -288,6 +288,14 @@ def test_cross_species_through_orthologs():
     truth = mouse.obs["cell_type1"].str.lower()
     shared = truth.isin([t.lower() for t in model.cell_types])
     assert accuracy_score(truth[shared], result.obs["nearest_label"].str.lower()[shared]) >= 0.75
+    # across species ItClust's confidence rule applies by default (under half of a cluster's cells started as
+    # its type: novel), where the query's own clusters do not; within a species it is off
+    assert result.provenance["settings"]["min_confidence"] == 0.5
+    clusters = result.clusters
+    assert (clusters["novel"] == ((clusters["confidence"] < 0.5) & ~clusters["renamed"])).all()
+    human = read("baron_human_pancreas")
+    within = model.transfer(human[human.obs["donor"] == "human3"][:400].copy(), progress=False)
+    assert within.provenance["settings"]["min_confidence"] == 0 and not within.clusters["novel"].any()
     with pytest.raises(ItClustError, match="ortholog"):
         model.transfer(mouse, query_organism="zebrafish", progress=False)
 

@@ -53,7 +53,7 @@ def test_a_query_of_known_types_from_another_platform_gets_no_novel_cluster():
 def test_a_left_out_cell_line_is_flagged_and_the_known_lines_are_not():
     """CellBench's five lines by CEL-seq2: a reference of plates 1-2 without A549 reads plate 3. A549 is
     flagged through its own query cluster and at most 5% of the known cells are. (With seed 1 and one thread,
-    ItClust's own confidence rule, now off by default, flagged 22% of the known cells here:
+    ItClust's own confidence rule, now off within a species by default, flagged 22% of the known cells here:
     benchmarks/RESULTS.md, "Novel types".)"""
     five = singlets(read("cellbench_celseq2_5cl"))
     plate = (five.obs["batch"] == "sc_celseq2_5cl_p3").to_numpy()
