@@ -254,8 +254,8 @@ def _plural(n: int, noun: str) -> str:
 @click.option("--max-iter", type=click.IntRange(min=1),
               help="Most self-training iterations (default: the reference's, 30 unless it says otherwise).")
 @click.option("--min-confidence", type=click.FloatRange(0, 1),
-              help="Least share of a cluster's cells starting as its type, else it is novel (default: 0.5 for a query of "
-              "another organism, off for one of the reference's).")
+              help="Least share of a cluster's cells starting as its type, else it is novel (default: 0.5 for a "
+              "query of another organism, off for one of the reference's).")
 @click.option("--min-overlap", type=click.FloatRange(0, 1),
               help="Least share of the reference's genes the query must measure (default: 0.02).")
 @click.option("--tables", type=click.Path(file_okay=False, path_type=Path),
@@ -365,7 +365,8 @@ def transfer(name, query, out, fmt, layer, use_raw, gene_key, input_type, query_
 @click.option("--epochs", type=click.IntRange(min=1), help="Most supervised epochs (default: the library's).")
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train data-parallel in this many processes on this machine (DistributedDataParallel: gloo on "
-              "CPU, nccl with a GPU each); ATLAS must then be an .h5ad, read from disk chunk by chunk.")
+              "CPU, nccl with a GPU each); ATLAS must then be an .h5ad (an .h5ad's X is always read from disk "
+              "chunk by chunk).")
 @click.option("--force", is_flag=True,
               help="Replace the reference files in OUTPUT (a folder holding other files is refused).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (bars show only on a terminal anyway).")
@@ -382,13 +383,15 @@ def train(atlas, label_key, name, out, organism, tissue, fmt, layer, use_raw, sm
     check_output_folder(out, REFERENCE_FILES, force=force, inputs=[atlas])
     if organism is not None:
         organism = normalize_organism(organism, what="--organism")
-    if processes > 1 and atlas.exists() and (fmt or detect_format(atlas)) != "h5ad":
+    h5ad = atlas.exists() and (fmt or detect_format(atlas)) == "h5ad"
+    if processes > 1 and atlas.exists() and not h5ad:
         raise ItClustError(f"--processes {processes} reads ATLAS from disk, which needs an .h5ad; convert {atlas} "
                            "to .h5ad or use --processes 1")
     if processes > 1 and (layer is not None or use_raw):
         raise ItClustError(f"--processes {processes} reads the .h5ad's X; drop --layer/--use-raw (put the counts in X) "
                            "or use --processes 1")
-    adata = read_query(atlas, format=fmt, layer=layer, use_raw=use_raw, backed=processes > 1)
+    # an .h5ad's X is read from disk chunk by chunk (memory bounded by a chunk, not the atlas); a layer or raw in memory
+    adata = read_query(atlas, format=fmt, layer=layer, use_raw=use_raw, backed=h5ad and layer is None and not use_raw)
     if label_key not in adata.obs.columns:
         raise ItClustError(f"--label-key {label_key!r} is not an obs column of {atlas} "
                            f"(have {', '.join(map(str, adata.obs.columns)) or 'none'})")

@@ -213,6 +213,27 @@ def test_train_then_validate(tmp_path):
     assert_one_line_error(run(*args), "already exists", "--force")
 
 
+def test_train_reads_an_h5ad_atlas_from_disk(tmp_path, monkeypatch):
+    """A lab's atlas can be larger than memory: `train` opens an .h5ad backed (X read chunk by chunk) with one
+    process too, and the reference is the one the same cells give in memory."""
+    human = read("baron_human_pancreas")
+    atlas = human[human.obs["donor"] == "human2"][:250].copy()
+    atlas.write_h5ad(tmp_path / "atlas.h5ad")
+    opened = []
+    read_h5ad = ad.read_h5ad
+    monkeypatch.setattr(ad, "read_h5ad",
+                        lambda *args, **kwargs: opened.append(kwargs.get("backed")) or read_h5ad(*args, **kwargs))
+    settings = dict(small_types="drop", pretrain_epochs=1, epochs=2, seed=0)
+    result = run("train", tmp_path / "atlas.h5ad", "--label-key", "cell_type1", "--name", "tiny",
+                 "-o", tmp_path / "tiny", "--small-types", "drop", "--pretrain-epochs", "1", "--epochs", "2",
+                 "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert opened == ["r"]
+    in_memory = ih.train_reference(atlas, "cell_type1", "tiny", progress=False, **settings)
+    saved = ih.ItClust.from_pretrained(tmp_path / "tiny")
+    assert all(value.equal(in_memory.tensors()[key]) for key, value in saved.tensors().items())
+
+
 @pytest.fixture
 def index_dir(tmp_path, monkeypatch):
     """A packaged index with two references in place of the real one."""
