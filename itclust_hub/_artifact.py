@@ -88,7 +88,8 @@ class ReferenceConfig:
             if not isinstance(config.get(name, {}), dict):
                 raise ItClustError(f"{where}: {name} must be an object; the reference is damaged")
         arch = config["architecture"]
-        if not isinstance(arch, dict) or not isinstance(arch.get("hidden_dims"), list):
+        if (not isinstance(arch, dict) or not isinstance(arch.get("hidden_dims"), list)
+                or not isinstance(arch.get("alpha", 1.0), (int, float))):
             raise ItClustError(f"{where} lacks a valid 'architecture'; the reference is damaged")
         count = lambda value, what: _count(value, what, where)  # noqa: E731
         architecture = Architecture(
