@@ -55,7 +55,7 @@ def query_clusters(data: ScaledMatrix, present: np.ndarray, *, seed: int = 0) ->
     in_pca = _sample(n_cells, MAX_PCA_CELLS, rng)
     total, gram, start = np.zeros(len(columns)), np.zeros((len(columns), len(columns))), 0
     for block in _chunks(data):
-        z = scaled(block)[in_pca[start : start + block.shape[0]]]
+        z = scaled(block[in_pca[start : start + block.shape[0]]])  # only the sampled rows made dense
         start += block.shape[0]
         total += z.sum(0)
         gram += z.T @ z

@@ -139,7 +139,6 @@ def summary_markdown(result, figures: list[str], truth: pd.Series | None = None,
     """The text of ``summary.md``: provenance, warnings, counts per type, clusters, agreement, figures."""
     prov = result.provenance
     clusters = result.clusters.sort_values("size", ascending=False)
-    novel = clusters[clusters["novel"]]
     lines = [
         "# ItClust transfer report",
         "",

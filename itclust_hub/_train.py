@@ -449,8 +449,9 @@ def train_reference(
     replica = _replica(distributed)
     rng = _seed_everything(seed)
     atlas = scan_atlas(adata, codes, types, recipe, input_type, replica.shard())
+    large = atlas.n_cells >= LARGE_ATLAS  # trained on samples: cells counted, not epochs over every cell
     # a backed atlas under LARGE_ATLAS cells fits in memory once its genes are selected; a larger one streams
-    data = atlas.streamed() if adata.isbacked and atlas.n_cells >= LARGE_ATLAS else atlas.in_memory()
+    data = atlas.streamed() if adata.isbacked and large else atlas.in_memory()
     n_types = len(atlas.cell_types)
     dims = hidden_dims or hidden_dims_for(atlas.n_cells)
     net = _SourceNetwork(Encoder(len(atlas.genes), dims), n_types).to(replica.device)
@@ -459,7 +460,7 @@ def train_reference(
                label_smoothing=label_smoothing, mask_max_rate=mask_max_rate, mask_prob=mask_prob)
     show = progress if replica.rank == 0 else False
     seen = min(atlas.n_cells, LARGE_ATLAS)  # cells an epoch sees
-    pretrain_seen = seen if atlas.n_cells < LARGE_ATLAS else SAMPLE_CELLS
+    pretrain_seen = SAMPLE_CELLS if large else seen
     with progress_bar(total=pretrain_epochs * (len(dims) + 1) * pretrain_seen, enabled=show, desc=f"pretraining {name}",
                       unit="cells", unit_scale=True) as bar:
         _pretrain(net, model, data, pretrain_epochs, batch_size, pretrain_lr, rng, bar, replica)
@@ -471,7 +472,7 @@ def train_reference(
         net.centroids.copy_(centroids)
     imputation = (torch.from_numpy(loadings).to(replica.device), noise)
     n_train = seen - _validation_size(atlas.n_cells, val_fraction)
-    if atlas.n_cells >= LARGE_ATLAS:  # the supervised stage counts cells too
+    if large:  # the supervised stage counts cells too
         cfg["epochs"] = min(epochs, -(-epochs * SAMPLE_CELLS // n_train))
     with progress_bar(total=cfg["epochs"] * n_train, enabled=show, desc=f"training {name} (at most; stops early)",
                       unit="cells", unit_scale=True) as bar:
@@ -484,7 +485,7 @@ def train_reference(
                     dropped_types=dropped, cells_failing_qc=int((codes >= 0).sum()) - atlas.n_cells,
                     processes=replica.world, device=replica.device.type,
                     torch_cpu_capability=torch.backends.cpu.get_cpu_capability())
-    if atlas.n_cells >= LARGE_ATLAS:  # smaller atlases record what they always did
+    if large:  # smaller atlases record what they always did
         training["large_atlas"] = dict(pretrain_cells_per_stage=pretrain_epochs * SAMPLE_CELLS, cells_per_epoch=n_train,
                                        validation_cells=seen - n_train, max_epochs=cfg["epochs"],
                                        chunk_cells=CHUNK_CELLS,
